@@ -1,0 +1,78 @@
+//! Who is connected, and the seam through which the hub verifies tokens.
+//!
+//! `channels` never sees a JWT library: the hub implements [`TokenVerifier`] and the core only
+//! handles the verified [`Principal`] and the error wording the real client expects.
+
+use std::fmt;
+
+/// A verified identity (the claims the hub acts on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// JWT `role` (`anon`, `authenticated`, `service_role`, …).
+    pub role: String,
+    /// JWT `sub`, the user id, when present.
+    pub sub: Option<String>,
+    /// JWT `exp`, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+impl Principal {
+    /// Whether this is the backend's service role, which may do anything.
+    pub fn is_service(&self) -> bool {
+        self.role == "service_role"
+    }
+}
+
+/// Why a token was refused. `Display` gives the message Supabase uses; [`TokenError::code`] the
+/// code that prefixes join error reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token given.
+    #[error("API key is missing")]
+    Missing,
+    /// `exp` is in the past.
+    #[error("Token has expired {secs_ago} seconds ago")]
+    Expired {
+        /// How long ago it expired.
+        secs_ago: u64,
+    },
+    /// `role` or `exp` absent.
+    #[error("Fields `role` and `exp` are required in JWT")]
+    MissingClaims,
+    /// Not a JWT at all, or an algorithm that is not accepted.
+    #[error("The token provided is not a valid JWT")]
+    Malformed,
+    /// Signed with another key.
+    #[error("Failed to validate JWT signature")]
+    BadSignature,
+}
+
+impl TokenError {
+    /// The code used in join error reasons (`<Code>: <message>`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing | Self::Expired { .. } | Self::MissingClaims => "InvalidJWTToken",
+            Self::Malformed => "MalformedJWT",
+            Self::BadSignature => "JwtSignatureError",
+        }
+    }
+
+    /// `<Code>: <message>`, the join error reason.
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.code(), self)
+    }
+}
+
+/// Verifies tokens; implemented by the hub (HS256 secret, later JWKS).
+pub trait TokenVerifier: Send + Sync + fmt::Debug + 'static {
+    /// Verifies `token` now, including expiry.
+    fn verify(&self, token: &str) -> Result<Principal, TokenError>;
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

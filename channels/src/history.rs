@@ -1,0 +1,228 @@
+//! The in-memory history ring of one topic: the last N envelopes, for resume and replay.
+//!
+//! Offsets are assigned here, one per message, so an envelope's cursor and its place in the ring
+//! always agree. Pure data; the memory broker keeps one ring per topic under that topic's lock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::cursor::{Cursor, Since};
+use crate::envelope::Envelope;
+
+/// The last `capacity` messages of a topic.
+#[derive(Debug)]
+pub struct HistoryRing {
+    epoch: Arc<str>,
+    capacity: usize,
+    /// Offset the next message gets (offsets start at 1).
+    next_offset: u64,
+    buf: VecDeque<Arc<Envelope>>,
+}
+
+/// What a resume gets from history.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Messages after the cursor, oldest first, each exactly once.
+    pub messages: Vec<Arc<Envelope>>,
+    /// Whether `messages` is everything after the cursor. `false` when the cursor is from another
+    /// epoch, older than what the ring still holds, or more messages were missed than the limit.
+    pub recovered: bool,
+    /// The cursor of the newest message in the topic (`<epoch>:0` when there is none yet).
+    pub head: Cursor,
+}
+
+impl HistoryRing {
+    /// An empty ring. `capacity` 0 keeps nothing but still numbers messages.
+    pub fn new(epoch: Arc<str>, capacity: usize) -> Self {
+        Self {
+            epoch,
+            capacity,
+            next_offset: 1,
+            buf: VecDeque::new(),
+        }
+    }
+
+    /// The cursor the next message will get.
+    pub fn next_cursor(&self) -> Cursor {
+        Cursor::new(self.epoch.clone(), self.next_offset)
+    }
+
+    /// Cursor of the newest message (`offset` 0 when empty).
+    pub fn head(&self) -> Cursor {
+        Cursor::new(self.epoch.clone(), self.next_offset - 1)
+    }
+
+    /// Stores `env`, which must carry [`Self::next_cursor`], evicting the oldest when full.
+    pub fn append(&mut self, env: Arc<Envelope>) {
+        debug_assert_eq!(env.cursor.as_ref(), Some(&self.next_cursor()));
+        self.next_offset += 1;
+        if self.capacity == 0 {
+            return;
+        }
+        if self.buf.len() == self.capacity {
+            self.buf.pop_front();
+        }
+        self.buf.push_back(env);
+    }
+
+    fn first_offset(&self) -> u64 {
+        self.next_offset - self.buf.len() as u64
+    }
+
+    /// Messages after `since`, at most `limit` (the newest ones when more were missed).
+    pub fn since(&self, since: &Since, limit: usize) -> Recovery {
+        let after = match since {
+            Since::Beginning => 0,
+            Since::After(c) if *c.epoch != *self.epoch => {
+                return self.recovery(Vec::new(), false);
+            }
+            Since::After(c) if c.offset >= self.next_offset => {
+                // A cursor ahead of the head: this history never had it.
+                return self.recovery(Vec::new(), false);
+            }
+            Since::After(c) => c.offset,
+        };
+        let first = self.first_offset();
+        let mut complete = after + 1 >= first;
+        let skip = (after + 1).saturating_sub(first) as usize;
+        let mut messages: Vec<_> = self.buf.iter().skip(skip).cloned().collect();
+        if messages.len() > limit {
+            messages.drain(..messages.len() - limit);
+            complete = false;
+        }
+        self.recovery(messages, complete)
+    }
+
+    /// Supabase `broadcast.replay`: messages published at or after `since_ms`, the newest `limit`.
+    pub fn since_time(&self, since_ms: u64, limit: usize) -> Vec<Arc<Envelope>> {
+        let mut out: Vec<_> = self
+            .buf
+            .iter()
+            .filter(|e| e.time_ms >= since_ms)
+            .cloned()
+            .collect();
+        if out.len() > limit {
+            out.drain(..out.len() - limit);
+        }
+        out
+    }
+
+    fn recovery(&self, messages: Vec<Arc<Envelope>>, recovered: bool) -> Recovery {
+        Recovery {
+            messages,
+            recovered,
+            head: self.head(),
+        }
+    }
+
+    /// Number of retained messages.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Payload;
+    use crate::topic::TopicKey;
+    use bytes::Bytes;
+
+    fn ring_with(n: u64, cap: usize) -> HistoryRing {
+        let mut r = HistoryRing::new("ep".into(), cap);
+        for i in 1..=n {
+            let env = Envelope {
+                topic: TopicKey::new("t", false).unwrap(),
+                event: "e".into(),
+                payload: Payload::Json(Bytes::from(i.to_string())),
+                cursor: Some(r.next_cursor()),
+                time_ms: i * 10,
+            };
+            r.append(Arc::new(env));
+        }
+        r
+    }
+
+    fn offsets(rec: &Recovery) -> Vec<u64> {
+        rec.messages
+            .iter()
+            .map(|e| e.cursor.as_ref().unwrap().offset)
+            .collect()
+    }
+
+    fn after(offset: u64) -> Since {
+        Since::After(Cursor::new("ep".into(), offset))
+    }
+
+    #[test]
+    fn resumes_after_a_cursor_inside_the_ring() {
+        let r = ring_with(10, 100);
+        let rec = r.since(&after(7), 100);
+        assert_eq!(offsets(&rec), vec![8, 9, 10]);
+        assert!(rec.recovered);
+        assert_eq!(rec.head.offset, 10);
+        let rec = r.since(&after(10), 100);
+        assert!(rec.messages.is_empty() && rec.recovered);
+    }
+
+    #[test]
+    fn from_the_beginning_is_complete_only_if_nothing_was_evicted() {
+        assert!(ring_with(3, 5).since(&Since::Beginning, 100).recovered);
+        let r = ring_with(8, 5);
+        let rec = r.since(&Since::Beginning, 100);
+        assert_eq!(offsets(&rec), vec![4, 5, 6, 7, 8]);
+        assert!(!rec.recovered);
+    }
+
+    #[test]
+    fn a_cursor_older_than_the_ring_is_not_recovered() {
+        let r = ring_with(8, 5);
+        assert!(r.since(&after(3), 100).recovered, "4..8 are all retained");
+        let rec = r.since(&after(2), 100);
+        assert!(!rec.recovered);
+        assert_eq!(offsets(&rec), vec![4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn another_epoch_or_a_future_cursor_is_not_recovered() {
+        let r = ring_with(3, 5);
+        let other = Since::After(Cursor::new("other".into(), 1));
+        let rec = r.since(&other, 100);
+        assert!(!rec.recovered && rec.messages.is_empty());
+        assert!(!r.since(&after(9), 100).recovered);
+    }
+
+    #[test]
+    fn limit_keeps_the_newest_and_marks_incomplete() {
+        let r = ring_with(10, 100);
+        let rec = r.since(&after(2), 3);
+        assert_eq!(offsets(&rec), vec![8, 9, 10]);
+        assert!(!rec.recovered);
+    }
+
+    #[test]
+    fn zero_capacity_still_numbers_messages() {
+        let r = ring_with(4, 0);
+        assert_eq!(r.head().offset, 4);
+        assert!(r.is_empty());
+        assert!(!r.since(&after(2), 10).recovered);
+        assert!(r.since(&after(4), 10).recovered);
+    }
+
+    #[test]
+    fn replay_by_time_returns_the_newest_within_limit() {
+        let r = ring_with(10, 100);
+        let got: Vec<u64> = r
+            .since_time(50, 3)
+            .iter()
+            .map(|e| e.cursor.as_ref().unwrap().offset)
+            .collect();
+        assert_eq!(got, vec![8, 9, 10]);
+        assert_eq!(r.since_time(95, 25).len(), 1);
+    }
+}

@@ -1,0 +1,45 @@
+//! The pure core of the hub: topics, envelopes and cursors, the Phoenix codecs, presence, history,
+//! the local fan-out registry and the per-connection session state machine.
+//!
+//! Run the unit tests with `cargo test -p channels`. Start reading at [`session`] (what a client
+//! can do) and [`registry`] (how a message reaches members).
+//!
+//! # Layout
+//! - [`topic`], [`cursor`], [`envelope`]: the message model (DESIGN §3, §4).
+//! - [`codec`]: V1 and V2 JSON and binary frames (PROTOCOL §1.3); [`ws_frame`]: RFC 6455 framing.
+//! - [`outbox`]: the bounded per-connection queue and its slow-reader rule.
+//! - [`presence`], [`history`]: per-topic presence state and history ring, pure data.
+//! - [`registry`]: local members of each topic; fan-out without awaiting.
+//! - [`broker`]: the `Broker` trait and the in-memory default.
+//! - [`auth`]: the verified identity and the token-verifier seam.
+//! - [`node`], [`session`]: shared node state and one connection's protocol state machine.
+//!
+//! This crate depends on no web framework, database or Redis client: transports live in `hub`,
+//! backends in `store`.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod broker;
+pub mod codec;
+pub mod cursor;
+pub mod envelope;
+pub mod history;
+pub mod node;
+pub mod outbox;
+pub mod presence;
+pub mod registry;
+pub mod session;
+pub mod topic;
+pub mod ws_frame;
+
+pub use auth::{Principal, TokenError, TokenVerifier};
+pub use broker::{Broker, BrokerError, MemoryBroker, Publication};
+pub use codec::Format;
+pub use cursor::{Cursor, Since};
+pub use envelope::{Envelope, Payload};
+pub use node::{Node, NodeConfig};
+pub use outbox::{CloseReason, OutFrame, Outbox, OutboxLimits};
+pub use registry::{ConnId, Registry};
+pub use session::Session;
+pub use topic::TopicKey;

@@ -1,0 +1,106 @@
+//! The node: what every connection on this process shares (registry, broker, token verifier,
+//! limits). Like centrifuge's `Node`, it is the one object transports need.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::auth::TokenVerifier;
+use crate::broker::{Broker, MemoryBroker};
+use crate::outbox::OutboxLimits;
+use crate::registry::{ConnId, Registry};
+
+/// Limits and defaults of the channel protocol. Plain data with documented defaults; the hub
+/// fills it from its command line.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Channels one connection may have joined at once. Default 100 (Supabase's
+    /// `max_channels_per_client`).
+    pub max_channels: usize,
+    /// Largest broadcast payload accepted, in bytes. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Most messages a resume delivers from history when the join gives no `limit`. Default 1000.
+    pub resume_limit: usize,
+    /// Most messages a Supabase `broadcast.replay` delivers. Default 25, as Supabase.
+    pub replay_limit: usize,
+    /// Delay before a join error reply, damping client retry loops. Default 1 s (Supabase: 5 s).
+    pub join_error_delay: Duration,
+    /// Bounds of each connection's outbox.
+    pub outbox: OutboxLimits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: 100,
+            max_payload_bytes: 1 << 20,
+            resume_limit: 1000,
+            replay_limit: 25,
+            join_error_delay: Duration::from_secs(1),
+            outbox: OutboxLimits::default(),
+        }
+    }
+}
+
+/// Process-wide counters (exported as metrics by the hub).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Successful joins since start.
+    pub joins: AtomicU64,
+    /// Messages received from clients since start.
+    pub messages_in: AtomicU64,
+}
+
+/// Shared state of one hub process.
+#[derive(Debug)]
+pub struct Node {
+    /// Local members of every topic.
+    pub registry: Arc<Registry>,
+    /// Publishing and history.
+    pub broker: Arc<dyn Broker>,
+    /// Verifies tokens of joins and `access_token` pushes.
+    pub verifier: Arc<dyn TokenVerifier>,
+    /// Protocol limits.
+    pub config: NodeConfig,
+    /// Counters.
+    pub stats: NodeStats,
+    next_conn: AtomicU64,
+}
+
+impl Node {
+    /// A node on the embedded default: in-memory broker keeping `history_size` messages per topic.
+    pub fn memory(
+        config: NodeConfig,
+        verifier: Arc<dyn TokenVerifier>,
+        history_size: usize,
+    ) -> (Arc<Self>, Arc<MemoryBroker>) {
+        let registry = Arc::new(Registry::new(config.outbox.max_frames));
+        let broker = Arc::new(MemoryBroker::new(registry.clone(), history_size));
+        let node = Self::new(config, verifier, registry, broker.clone());
+        (node, broker)
+    }
+
+    /// A node over any broker delivering to `registry`.
+    pub fn new(
+        config: NodeConfig,
+        verifier: Arc<dyn TokenVerifier>,
+        registry: Arc<Registry>,
+        broker: Arc<dyn Broker>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            broker,
+            verifier,
+            config,
+            stats: NodeStats::default(),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,279 @@
+//! The per-connection outbox: the one bounded queue between fan-out and a connection's writer.
+//!
+//! Fan-out never awaits: it pushes encoded frames (shared `Bytes`) and moves on. The writer task
+//! drains everything queued and writes it with one system call, so a busy connection gets its
+//! messages coalesced. **Overflow rule:** when a push would exceed either bound (frames or bytes)
+//! the outbox closes itself with [`CloseReason::Slow`]; the frame is dropped, later pushes are
+//! ignored, and the writer tells the client and closes the connection. A slow reader therefore
+//! costs at most the bounds, and never slows the publisher or the other members.
+//!
+//! A `VecDeque` behind a `std::sync::Mutex` (never held across `.await`) instead of a channel:
+//! an idle outbox allocates nothing, where a tokio mpsc allocates a block of slots up front — and
+//! memory per idle connection is a product figure.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// One WebSocket data frame to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    /// A text frame (JSON).
+    Text(Bytes),
+    /// A binary frame (V2 kind 4).
+    Binary(Bytes),
+}
+
+impl OutFrame {
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(b) | Self::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why an outbox stopped accepting frames; the writer turns it into a close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The reader did not keep up and a bound was hit.
+    Slow,
+    /// Closed by the server for another reason (shutdown, protocol error), with a close code and
+    /// a reason text for the close frame.
+    Server {
+        /// WebSocket close code.
+        code: u16,
+        /// Close reason (truncated to fit a control frame when sent).
+        reason: String,
+    },
+}
+
+/// Bounds of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Most frames queued at once. Default 1024.
+    pub max_frames: usize,
+    /// Most payload bytes queued at once (shared bytes count once per outbox). Default 4 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        Self {
+            max_frames: 1024,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Result of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// This push hit a bound: the outbox is now closed as [`CloseReason::Slow`].
+    Overflowed,
+    /// The outbox was already closed; the frame was dropped.
+    Closed,
+}
+
+/// Handle to one connection's outbox. Clones share the queue.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes the writer. `notify_one` stores a permit when the writer is busy, so no wake-up is lost.
+    notify: Notify,
+    limits: OutboxLimits,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<OutFrame>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+impl Outbox {
+    /// An empty outbox with these bounds.
+    pub fn new(limits: OutboxLimits) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                notify: Notify::new(),
+                limits,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every critical
+        // section is a plain push/pop), so a poisoned lock is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame without waiting; see the module doc for the overflow rule.
+    pub fn push(&self, frame: OutFrame) -> Pushed {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let limits = self.inner.limits;
+        if st.frames.len() >= limits.max_frames || st.bytes + frame.len() > limits.max_bytes {
+            st.closed = Some(CloseReason::Slow);
+            st.frames.clear();
+            st.bytes = 0;
+            drop(st);
+            self.inner.notify.notify_one();
+            return Pushed::Overflowed;
+        }
+        let was_empty = st.frames.is_empty();
+        st.bytes += frame.len();
+        st.frames.push_back(frame);
+        drop(st);
+        // Only the first frame of a batch needs to wake the writer; it drains them all.
+        if was_empty {
+            self.inner.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Closes the outbox: the writer sends what is queued, then a close frame with this reason.
+    /// The first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut st = self.lock();
+        if st.closed.is_none() {
+            st.closed = Some(reason);
+        }
+        drop(st);
+        self.inner.notify.notify_one();
+    }
+
+    /// Whether the outbox no longer accepts frames.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed.is_some()
+    }
+
+    /// Waits until something was pushed or the outbox was closed since the last drain.
+    pub async fn ready(&self) {
+        self.inner.notify.notified().await;
+    }
+
+    /// Moves every queued frame into `into` and returns the close reason once closed.
+    ///
+    /// After a slow-reader overflow nothing is returned: the queue was discarded, because the
+    /// connection is going away and its client resumes from its cursor.
+    pub fn drain(&self, into: &mut Vec<OutFrame>) -> Option<CloseReason> {
+        let mut st = self.lock();
+        into.extend(st.frames.drain(..));
+        st.bytes = 0;
+        // Give back a queue that grew during a burst, so a connection that once lagged does not
+        // keep that memory while idle.
+        if st.frames.capacity() > 64 {
+            st.frames = VecDeque::new();
+        }
+        st.closed.clone()
+    }
+
+    /// Number of frames queued (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether two handles share one outbox.
+    pub fn same(&self, other: &Outbox) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn text(s: &'static str) -> OutFrame {
+        OutFrame::Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[test]
+    fn drains_in_order() {
+        let o = Outbox::new(OutboxLimits::default());
+        assert_eq!(o.push(text("a")), Pushed::Queued);
+        assert_eq!(o.push(text("b")), Pushed::Queued);
+        let mut got = Vec::new();
+        assert_eq!(o.drain(&mut got), None);
+        assert_eq!(got, vec![text("a"), text("b")]);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn overflow_by_count_closes_as_slow_and_drops_the_queue() {
+        let o = Outbox::new(OutboxLimits {
+            max_frames: 2,
+            max_bytes: 1 << 20,
+        });
+        o.push(text("1"));
+        o.push(text("2"));
+        assert_eq!(o.push(text("3")), Pushed::Overflowed);
+        assert_eq!(o.push(text("4")), Pushed::Closed);
+        let mut got = Vec::new();
+        assert_eq!(o.drain(&mut got), Some(CloseReason::Slow));
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn overflow_by_bytes() {
+        let o = Outbox::new(OutboxLimits {
+            max_frames: 100,
+            max_bytes: 5,
+        });
+        assert_eq!(o.push(text("abc")), Pushed::Queued);
+        assert_eq!(o.push(text("def")), Pushed::Overflowed);
+        assert!(o.is_closed());
+    }
+
+    #[test]
+    fn server_close_keeps_queued_frames() {
+        let o = Outbox::new(OutboxLimits::default());
+        o.push(text("bye"));
+        o.close(CloseReason::Server {
+            code: 1001,
+            reason: "shutdown".into(),
+        });
+        o.close(CloseReason::Slow);
+        let mut got = Vec::new();
+        assert!(matches!(
+            o.drain(&mut got),
+            Some(CloseReason::Server { code: 1001, .. })
+        ));
+        assert_eq!(got, vec![text("bye")]);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_for_a_push_made_before_waiting() {
+        let o = Outbox::new(OutboxLimits::default());
+        o.push(text("x"));
+        tokio::time::timeout(Duration::from_secs(1), o.ready())
+            .await
+            .expect("a push before ready() must leave a permit");
+    }
+}

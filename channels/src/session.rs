@@ -1,0 +1,641 @@
+//! One connection's protocol state machine: joins, leaves, broadcasts, presence, token refresh.
+//!
+//! Transport-agnostic: the transport decodes frames into [`Inbound`] messages and calls
+//! [`Session::handle`]; everything the session sends goes into the connection's [`Outbox`]. The
+//! transport also calls [`Session::on_timer`] at [`Session::next_deadline`] (token expiry, delayed
+//! join errors) and [`Session::close`] when the connection ends. No socket I/O happens here.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use crate::auth::{Principal, TokenError, now_secs};
+use crate::broker::Publication;
+use crate::codec::{self, Body, Format, Inbound, Outbound, Ref, json_string, reply_payload};
+use crate::cursor::Since;
+use crate::envelope::{MAX_EVENT_LEN, Payload};
+use crate::node::Node;
+use crate::outbox::{OutFrame, Outbox};
+use crate::registry::{ConnId, Member};
+use crate::topic::{TopicError, TopicKey, WIRE_PREFIX};
+
+/// Most join error replies waiting for their delay; beyond this they are sent at once, so a
+/// client looping on bad joins cannot grow this queue.
+const MAX_DELAYED: usize = 100;
+
+/// One joined channel.
+#[derive(Debug)]
+struct Channel {
+    key: TopicKey,
+    join_ref: Option<Ref>,
+    ack: bool,
+    presence_key: String,
+    /// The token this channel is authorised by (join `access_token` or the connect token).
+    token: Arc<str>,
+    /// When that token expires.
+    expires_at: Instant,
+}
+
+/// The state of one connection.
+#[derive(Debug)]
+pub struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    format: Format,
+    outbox: Outbox,
+    connect_token: Arc<str>,
+    connect_principal: Principal,
+    channels: HashMap<String, Channel>,
+    delayed: VecDeque<(Instant, OutFrame)>,
+}
+
+/// The join payload: `{"config": {...}, "access_token": "..."}`. Every part is optional and
+/// loosely typed, as the real server casts what it can and proceeds (PROTOCOL §2.2).
+#[derive(Debug, Default, Deserialize)]
+struct JoinPayload {
+    #[serde(default)]
+    config: Option<Value>,
+    #[serde(default)]
+    access_token: Option<Value>,
+    #[serde(default)]
+    user_token: Option<Value>,
+}
+
+/// `true`, or the strings `"true"` (Supabase's `FlexibleBoolean`).
+fn flex_bool(v: Option<&Value>) -> bool {
+    match v {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
+/// A usable token value: a string that is not a Supabase `sb_` key.
+fn token_value(v: Option<&Value>) -> Option<&str> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() && !s.starts_with("sb_") => Some(s),
+        _ => None,
+    }
+}
+
+/// FNV-1a over the binding's JSON: a stable numeric id per `postgres_changes` binding (the real
+/// server uses `phash2` of the params; the client only needs the same number in both places).
+fn binding_id(binding: &Value) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in binding.to_string().bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn instant_of(exp: u64) -> Instant {
+    let now = now_secs();
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+}
+
+/// What a resume or replay asks for.
+#[derive(Debug)]
+enum CatchUp {
+    Resume { since: Since, limit: usize },
+    Replay { since_ms: u64, limit: usize },
+}
+
+impl Session {
+    /// A session for a connection authenticated with `connect_token`.
+    pub fn new(
+        node: Arc<Node>,
+        format: Format,
+        outbox: Outbox,
+        connect_token: &str,
+        connect_principal: Principal,
+    ) -> Self {
+        node.stats.connections.fetch_add(1, Ordering::Relaxed);
+        Self {
+            conn: node.next_conn_id(),
+            node,
+            format,
+            outbox,
+            connect_token: connect_token.into(),
+            connect_principal,
+            channels: HashMap::new(),
+            delayed: VecDeque::new(),
+        }
+    }
+
+    /// This connection's id.
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The connection's wire format.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Number of joined channels.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn send(&self, msg: Outbound<'_>) {
+        // The session's own frames obey the same bound as fan-out: a client that never reads
+        // its replies is a slow reader like any other.
+        self.outbox.push(codec::encode(self.format, msg));
+    }
+
+    fn reply(&self, m: &Inbound, status: &str, response: &str) {
+        self.send(Outbound {
+            join_ref: m.join_ref.as_ref(),
+            msg_ref: m.msg_ref.as_ref(),
+            topic: &m.topic,
+            event: "phx_reply",
+            payload: &reply_payload(status, response),
+        });
+    }
+
+    fn reply_reason(&self, m: &Inbound, reason: &str) {
+        self.reply(m, "error", &format!(r#"{{"reason":{}}}"#, json_string(reason)));
+    }
+
+    fn system(&self, join_ref: Option<&Ref>, key: &TopicKey, status: &str, message: &str) {
+        let payload = format!(
+            r#"{{"extension":"system","status":"{status}","message":{},"channel":{}}}"#,
+            json_string(message),
+            json_string(key.name())
+        );
+        self.send(Outbound {
+            join_ref,
+            msg_ref: None,
+            topic: &key.wire(),
+            event: "system",
+            payload: &payload,
+        });
+    }
+
+    fn lifecycle(&self, join_ref: Option<&Ref>, topic: &str, event: &str) {
+        self.send(Outbound {
+            join_ref,
+            msg_ref: join_ref,
+            topic,
+            event,
+            payload: "{}",
+        });
+    }
+
+    /// Handles one inbound message.
+    pub async fn handle(&mut self, m: Inbound) {
+        self.node.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+        if m.topic == "phoenix" {
+            if m.event == "heartbeat" {
+                self.reply(&m, "ok", "{}");
+            } else {
+                self.reply_reason(&m, "unmatched topic");
+            }
+            return;
+        }
+        if m.event == "phx_join" {
+            return self.join(m).await;
+        }
+        if !self.channels.contains_key(&m.topic) {
+            // Phoenix answers a leave of an unknown topic with ok, anything else with an error.
+            if m.event == "phx_leave" {
+                self.reply(&m, "ok", "{}");
+            } else {
+                self.reply_reason(&m, "unmatched topic");
+            }
+            return;
+        }
+        match m.event.as_str() {
+            "phx_leave" => {
+                self.reply(&m, "ok", "{}");
+                if let Some(ch) = self.leave_channel(&m.topic).await {
+                    self.lifecycle(ch.join_ref.as_ref(), &m.topic, "phx_close");
+                }
+            }
+            "broadcast" => self.broadcast(m).await,
+            "presence" => self.presence(m),
+            "access_token" => self.access_token(m).await,
+            other => {
+                let reason = format!("UnknownEvent: {}", other.chars().take(64).collect::<String>());
+                self.reply_reason(&m, &reason);
+            }
+        }
+    }
+
+    fn join_error(&mut self, m: &Inbound, reason: &str) {
+        let payload = reply_payload("error", &format!(r#"{{"reason":{}}}"#, json_string(reason)));
+        let frame = codec::encode(
+            self.format,
+            Outbound {
+                join_ref: m.join_ref.as_ref(),
+                msg_ref: m.msg_ref.as_ref(),
+                topic: &m.topic,
+                event: "phx_reply",
+                payload: &payload,
+            },
+        );
+        let delay = self.node.config.join_error_delay;
+        if delay.is_zero() || self.delayed.len() >= MAX_DELAYED {
+            self.outbox.push(frame);
+        } else {
+            self.delayed.push_back((Instant::now() + delay, frame));
+        }
+    }
+
+    async fn join(&mut self, m: Inbound) {
+        if !m.topic.starts_with(WIRE_PREFIX) {
+            return self.reply_reason(&m, "unmatched topic");
+        }
+        let payload: JoinPayload = match &m.body {
+            Body::Json(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+            Body::UserBroadcast { .. } => JoinPayload::default(),
+        };
+        let config = payload.config.unwrap_or(Value::Null);
+        let private = flex_bool(config.get("private"));
+        let key = match TopicKey::from_wire(&m.topic, private) {
+            Ok(k) => k,
+            Err(e @ (TopicError::NameRequired | TopicError::TooLong | TopicError::NotRealtime)) => {
+                return self.join_error(&m, &e.to_string());
+            }
+        };
+        let (token, principal) = match token_value(
+            payload
+                .access_token
+                .as_ref()
+                .or(payload.user_token.as_ref()),
+        ) {
+            Some(t) => match self.node.verifier.verify(t) {
+                Ok(p) => (Arc::<str>::from(t), p),
+                Err(e) => return self.join_error(&m, &e.reason()),
+            },
+            None => {
+                let now = now_secs();
+                if self.connect_principal.exp <= now {
+                    let e = TokenError::Expired {
+                        secs_ago: now - self.connect_principal.exp,
+                    };
+                    return self.join_error(&m, &e.reason());
+                }
+                (self.connect_token.clone(), self.connect_principal.clone())
+            }
+        };
+        let broadcast = config.get("broadcast");
+        let catch_up = match parse_catch_up(broadcast, &self.node.config) {
+            Ok(c) => c,
+            Err(reason) => return self.join_error(&m, &reason),
+        };
+        let replacing = self.channels.contains_key(&m.topic);
+        if !replacing && self.channels.len() >= self.node.config.max_channels {
+            return self.join_error(&m, "ChannelRateLimitReached: Too many channels");
+        }
+        if replacing && let Some(old) = self.leave_channel(&m.topic).await {
+            // The client ignores this close (its join ref is outdated), as with Phoenix.
+            self.lifecycle(old.join_ref.as_ref(), &m.topic, "phx_close");
+        }
+
+        let presence = config.get("presence");
+        let presence_enabled = flex_bool(presence.and_then(|p| p.get("enabled")));
+        let presence_key = match presence.and_then(|p| p.get("key")) {
+            Some(Value::String(k)) if !k.is_empty() => k.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        let bindings: Vec<Value> = match config.get("postgres_changes") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|b| {
+                    let mut b = b.clone();
+                    if let Value::Object(o) = &mut b {
+                        let id = binding_id(&Value::Object(o.clone()));
+                        o.insert("id".into(), Value::from(id));
+                    }
+                    b
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let response = serde_json::json!({ "postgres_changes": bindings }).to_string();
+        let reply = codec::encode(
+            self.format,
+            Outbound {
+                join_ref: m.join_ref.as_ref(),
+                msg_ref: m.msg_ref.as_ref(),
+                topic: &m.topic,
+                event: "phx_reply",
+                payload: &reply_payload("ok", &response),
+            },
+        );
+        let member = Member {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+            format: self.format,
+            join_ref: m.join_ref.clone(),
+            broadcast_self: flex_bool(broadcast.and_then(|b| b.get("self"))),
+            presence_enabled,
+        };
+        let joined = self
+            .node
+            .registry
+            .join(&key, member, reply, catch_up.is_some());
+        self.node.stats.joins.fetch_add(1, Ordering::Relaxed);
+        self.channels.insert(
+            m.topic.clone(),
+            Channel {
+                key: key.clone(),
+                join_ref: m.join_ref.clone(),
+                ack: flex_bool(broadcast.and_then(|b| b.get("ack"))),
+                presence_key,
+                expires_at: instant_of(principal.exp),
+                token,
+            },
+        );
+        if joined.first_local
+            && let Err(e) = self.node.broker.subscribe(&key).await
+        {
+            tracing::warn!(topic = %key, error = %e, "broker subscribe failed");
+            self.system(
+                m.join_ref.as_ref(),
+                &key,
+                "error",
+                "Cross-node delivery is unavailable; messages from other nodes may be missed",
+            );
+        }
+        if let Some(c) = catch_up {
+            self.catch_up(&key, m.join_ref.as_ref(), c).await;
+        }
+    }
+
+    async fn catch_up(&self, key: &TopicKey, join_ref: Option<&Ref>, c: CatchUp) {
+        let broker = &self.node.broker;
+        let (messages, after) = match c {
+            CatchUp::Resume { since, limit } => match broker.history(key, &since, limit).await {
+                Ok(rec) => {
+                    if !rec.recovered {
+                        let message = format!(
+                            "History not recovered: messages after the given cursor are no longer \
+                             all retained (current cursor {})",
+                            rec.head
+                        );
+                        self.system(join_ref, key, "error", &message);
+                    }
+                    let after = match since {
+                        Since::After(c) => Some(c),
+                        Since::Beginning => None,
+                    };
+                    (rec.messages, after)
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %key, error = %e, "history read failed");
+                    let message = "History not recovered: history is unavailable";
+                    self.system(join_ref, key, "error", message);
+                    (Vec::new(), None)
+                }
+            },
+            CatchUp::Replay { since_ms, limit } => {
+                match broker.replay(key, since_ms, limit).await {
+                    Ok(msgs) => (msgs, None),
+                    Err(e) => {
+                        tracing::warn!(topic = %key, error = %e, "replay failed");
+                        let message = "UnableToReplayMessages: history is unavailable";
+                        self.system(join_ref, key, "error", message);
+                        (Vec::new(), None)
+                    }
+                }
+            }
+        };
+        // The member may have been replaced or left meanwhile; then there is nothing to finish.
+        let _ = self
+            .node
+            .registry
+            .finish_catch_up(key, self.conn, &messages, after.as_ref());
+    }
+
+    async fn leave_channel(&mut self, topic: &str) -> Option<Channel> {
+        let ch = self.channels.remove(topic)?;
+        let left = self.node.registry.leave(&ch.key, self.conn);
+        if left.last_local
+            && let Err(e) = self.node.broker.unsubscribe(&ch.key).await
+        {
+            tracing::warn!(topic = %ch.key, error = %e, "broker unsubscribe failed");
+        }
+        Some(ch)
+    }
+
+    async fn broadcast(&mut self, m: Inbound) {
+        let Some(ch) = self.channels.get(&m.topic) else {
+            return;
+        };
+        let (key, ack) = (ch.key.clone(), ch.ack);
+        let (event, payload) = match extract_broadcast(&m.body) {
+            Ok(x) => x,
+            Err(reason) => return self.reply_reason(&m, reason),
+        };
+        if event.len() > MAX_EVENT_LEN {
+            return self.reply_reason(&m, "InvalidBroadcast: event names are limited to 255 bytes");
+        }
+        if payload.len() > self.node.config.max_payload_bytes {
+            // The ack error realtime-js resolves as 'error' (PROTOCOL §3.2).
+            return self.reply(&m, "error", r#"{"error":"payload_size_exceeded"}"#);
+        }
+        let publication = Publication {
+            topic: key.clone(),
+            event: event.into(),
+            payload,
+            origin: Some(self.conn),
+        };
+        match self.node.broker.publish(publication).await {
+            Ok(_) if ack => self.reply(&m, "ok", "{}"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = %key, error = %e, "publish failed");
+                self.reply_reason(&m, "BroadcastFailed: the message could not be published");
+            }
+        }
+    }
+
+    fn presence(&mut self, m: Inbound) {
+        let Some(ch) = self.channels.get(&m.topic) else {
+            return;
+        };
+        let Body::Json(raw) = &m.body else {
+            return self.reply(&m, "error", "{}");
+        };
+        #[derive(Deserialize)]
+        struct PresencePush {
+            event: Option<String>,
+            payload: Option<Value>,
+        }
+        let Ok(push) = serde_json::from_str::<PresencePush>(raw.get()) else {
+            return self.reply_reason(&m, "Presence message must be an object");
+        };
+        let registry = &self.node.registry;
+        match push.event.map(|e| e.to_lowercase()).as_deref() {
+            Some("track") => {
+                let payload = match push.payload {
+                    Some(Value::Object(o)) => o,
+                    None => Map::new(),
+                    Some(_) => {
+                        return self.reply_reason(&m, "Presence track payload must be a map");
+                    }
+                };
+                match registry.track(&ch.key, self.conn, &ch.presence_key, payload) {
+                    Ok(()) => self.reply(&m, "ok", "{}"),
+                    Err(_) => self.reply(&m, "error", "{}"),
+                }
+            }
+            Some("untrack") => match registry.untrack(&ch.key, self.conn) {
+                Ok(()) => self.reply(&m, "ok", "{}"),
+                Err(_) => self.reply(&m, "error", "{}"),
+            },
+            _ => self.reply_reason(&m, "Unknown presence event; expected track or untrack"),
+        }
+    }
+
+    async fn access_token(&mut self, m: Inbound) {
+        let Body::Json(raw) = &m.body else { return };
+        let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let Some(token) = token_value(value.get("access_token")) else {
+            return;
+        };
+        let Some(ch) = self.channels.get_mut(&m.topic) else {
+            return;
+        };
+        if *ch.token == *token {
+            return;
+        }
+        match self.node.verifier.verify(token) {
+            Ok(p) => {
+                ch.token = token.into();
+                ch.expires_at = instant_of(p.exp);
+            }
+            Err(e) => self.close_channel(&m.topic, &e.to_string()).await,
+        }
+    }
+
+    /// Closes a channel the way the real server shuts one down: a `system` error, then
+    /// `phx_close` (PROTOCOL §2.7). The client reports CLOSED and does not rejoin.
+    async fn close_channel(&mut self, topic: &str, message: &str) {
+        if let Some(ch) = self.leave_channel(topic).await {
+            self.system(ch.join_ref.as_ref(), &ch.key, "error", message);
+            self.lifecycle(ch.join_ref.as_ref(), topic, "phx_close");
+        }
+    }
+
+    /// The next moment [`Session::on_timer`] has work: a token expiry or a delayed reply.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self.channels.values().map(|c| c.expires_at).min();
+        let delayed = self.delayed.front().map(|(t, _)| *t);
+        match (expiry, delayed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends delayed replies that are due and closes channels whose token expired.
+    pub async fn on_timer(&mut self) {
+        let now = Instant::now();
+        while self.delayed.front().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, frame)) = self.delayed.pop_front() {
+                self.outbox.push(frame);
+            }
+        }
+        let expired: Vec<(String, Instant)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.expires_at <= now)
+            .map(|(t, c)| (t.clone(), c.expires_at))
+            .collect();
+        for (topic, at) in expired {
+            let secs = now.saturating_duration_since(at).as_secs();
+            let e = TokenError::Expired { secs_ago: secs };
+            self.close_channel(&topic, &e.to_string()).await;
+        }
+    }
+
+    /// Leaves every channel (presence leaves go out to the other members). Call once when the
+    /// connection ends, whatever the reason.
+    pub async fn close(&mut self) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for t in topics {
+            self.leave_channel(&t).await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.node.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        // A transport that forgot `close()` must not leave members behind.
+        for ch in self.channels.values() {
+            self.node.registry.leave(&ch.key, self.conn);
+        }
+    }
+}
+
+fn parse_catch_up(
+    broadcast: Option<&Value>,
+    config: &crate::node::NodeConfig,
+) -> Result<Option<CatchUp>, String> {
+    let Some(b) = broadcast else { return Ok(None) };
+    let limit_of = |v: &Value, default: usize, max: usize| -> usize {
+        v.get("limit")
+            .and_then(Value::as_u64)
+            .map_or(default, |l| (l as usize).min(max))
+    };
+    if let Some(resume) = b.get("resume").filter(|r| !r.is_null()) {
+        let since = match resume.get("since") {
+            Some(Value::String(s)) => Since::parse(s)
+                .map_err(|e| format!("InvalidJoinPayload: broadcast.resume.since: {e}"))?,
+            Some(Value::Number(n)) if n.as_u64() == Some(0) => Since::Beginning,
+            _ => {
+                return Err("InvalidJoinPayload: broadcast.resume.since must be \"0\" or a cursor \
+                            \"<epoch>:<offset>\""
+                    .into());
+            }
+        };
+        let limit = limit_of(resume, config.resume_limit, config.resume_limit);
+        return Ok(Some(CatchUp::Resume { since, limit }));
+    }
+    if let Some(replay) = b.get("replay").filter(|r| !r.is_null()) {
+        let Some(since_ms) = replay.get("since").and_then(Value::as_u64) else {
+            return Err(
+                "InvalidJoinPayload: broadcast.replay.since must be a timestamp in milliseconds"
+                    .into(),
+            );
+        };
+        let limit = limit_of(replay, config.replay_limit, config.replay_limit);
+        return Ok(Some(CatchUp::Replay { since_ms, limit }));
+    }
+    Ok(None)
+}
+
+/// The user event and payload of a broadcast push, from a kind-3 frame or the JSON form
+/// `{"type":"broadcast","event":…,"payload":…}`.
+fn extract_broadcast(body: &Body) -> Result<(String, Payload), &'static str> {
+    match body {
+        Body::UserBroadcast { event, payload } => Ok((event.clone(), payload.clone())),
+        Body::Json(raw) => {
+            #[derive(Deserialize)]
+            struct Json<'a> {
+                event: Option<String>,
+                #[serde(borrow)]
+                payload: Option<&'a RawValue>,
+            }
+            let j: Json<'_> = serde_json::from_str(raw.get())
+                .map_err(|_| "InvalidBroadcast: payload must be an object with a string event")?;
+            let event = j
+                .event
+                .ok_or("InvalidBroadcast: payload must be an object with a string event")?;
+            let payload = j.payload.map_or("{}", RawValue::get);
+            Ok((event, Payload::Json(Bytes::copy_from_slice(payload.as_bytes()))))
+        }
+    }
+}
