@@ -205,27 +205,37 @@ mod tests {
     #[test]
     fn first_track_is_a_join() {
         let mut p = PresenceState::default();
-        let d = p.track(1, "alice", payload(json!({"step": 1})), "r1".into()).unwrap();
+        let d = p
+            .track(1, "alice", payload(json!({"step": 1})), "r1".into())
+            .unwrap();
         assert_eq!(
             diff_value(&d),
             json!({"joins": {"alice": {"metas": [{"step": 1, "phx_ref": "r1"}]}}, "leaves": {}})
         );
         let state: Value = serde_json::from_str(&p.state_json()).unwrap();
-        assert_eq!(state, json!({"alice": {"metas": [{"step": 1, "phx_ref": "r1"}]}}));
+        assert_eq!(
+            state,
+            json!({"alice": {"metas": [{"step": 1, "phx_ref": "r1"}]}})
+        );
     }
 
     #[test]
     fn identical_retrack_is_a_noop() {
         let mut p = PresenceState::default();
         p.track(1, "k", payload(json!({"a": 1})), "r1".into());
-        assert!(p.track(1, "k", payload(json!({"a": 1})), "r2".into()).is_none());
+        assert!(
+            p.track(1, "k", payload(json!({"a": 1})), "r2".into())
+                .is_none()
+        );
     }
 
     #[test]
     fn update_is_one_diff_with_join_and_leave() {
         let mut p = PresenceState::default();
         p.track(1, "k", payload(json!({"a": 1})), "r1".into());
-        let d = p.track(1, "k", payload(json!({"a": 2})), "r2".into()).unwrap();
+        let d = p
+            .track(1, "k", payload(json!({"a": 2})), "r2".into())
+            .unwrap();
         assert_eq!(
             diff_value(&d),
             json!({
@@ -247,7 +257,10 @@ mod tests {
             json!({"joins": {}, "leaves": {"k": {"metas": [{"tab": 1, "phx_ref": "r1"}]}}})
         );
         let state: Value = serde_json::from_str(&p.state_json()).unwrap();
-        assert_eq!(state, json!({"k": {"metas": [{"tab": 2, "phx_ref": "r2"}]}}));
+        assert_eq!(
+            state,
+            json!({"k": {"metas": [{"tab": 2, "phx_ref": "r2"}]}})
+        );
         assert!(p.untrack(1).is_none(), "second untrack changes nothing");
         p.untrack(2);
         assert_eq!(p.state_json(), "{}");

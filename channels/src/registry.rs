@@ -247,7 +247,13 @@ impl Registry {
     /// With `catch_up` the member starts buffering live messages until
     /// [`Registry::finish_catch_up`] hands it the history. A previous membership of the same
     /// connection is replaced.
-    pub fn join(&self, topic: &TopicKey, member: Member, first: OutFrame, catch_up: bool) -> Joined {
+    pub fn join(
+        &self,
+        topic: &TopicKey,
+        member: Member,
+        first: OutFrame,
+        catch_up: bool,
+    ) -> Joined {
         let mut shard = lock(self.shard(topic));
         let entry = shard.entry(topic.clone()).or_default().clone();
         let mut st = lock(&entry.state);
@@ -501,7 +507,11 @@ mod tests {
         let (OutFrame::Binary(x), OutFrame::Binary(y)) = (&fa[1], &fb[1]) else {
             panic!("V2 members get kind 4");
         };
-        assert_eq!(x.as_ptr(), y.as_ptr(), "one encoding shared by both members");
+        assert_eq!(
+            x.as_ptr(),
+            y.as_ptr(),
+            "one encoding shared by both members"
+        );
     }
 
     #[test]
@@ -586,8 +596,13 @@ mod tests {
         let quiet = member(2, Format::V2, false);
         r.join(&topic(), a.clone(), reply(), false);
         r.join(&topic(), quiet.clone(), reply(), false);
-        r.track(&topic(), 1, "alice", json!({"s": 1}).as_object().cloned().unwrap())
-            .unwrap();
+        r.track(
+            &topic(),
+            1,
+            "alice",
+            json!({"s": 1}).as_object().cloned().unwrap(),
+        )
+        .unwrap();
         let got = presence_events(&drain(&a));
         assert_eq!(got[0][3], "presence_state");
         assert_eq!(got[0][0], "1", "presence_state carries the join ref");
@@ -628,6 +643,9 @@ mod tests {
         assert!(left.was_member && left.last_local);
         assert_eq!(r.topic_count(), 0);
         assert!(!r.leave(&topic(), 1).was_member);
-        assert_eq!(r.track(&topic(), 1, "k", Default::default()), Err(NotMember));
+        assert_eq!(
+            r.track(&topic(), 1, "k", Default::default()),
+            Err(NotMember)
+        );
     }
 }

@@ -162,22 +162,16 @@ impl Session {
     }
 
     fn reply_reason(&self, m: &Inbound, reason: &str) {
-        self.reply(m, "error", &format!(r#"{{"reason":{}}}"#, json_string(reason)));
+        self.reply(
+            m,
+            "error",
+            &format!(r#"{{"reason":{}}}"#, json_string(reason)),
+        );
     }
 
     fn system(&self, join_ref: Option<&Ref>, key: &TopicKey, status: &str, message: &str) {
-        let payload = format!(
-            r#"{{"extension":"system","status":"{status}","message":{},"channel":{}}}"#,
-            json_string(message),
-            json_string(key.name())
-        );
-        self.send(Outbound {
-            join_ref,
-            msg_ref: None,
-            topic: &key.wire(),
-            event: "system",
-            payload: &payload,
-        });
+        self.outbox
+            .push(system_frame(self.format, join_ref, key, status, message));
     }
 
     fn lifecycle(&self, join_ref: Option<&Ref>, topic: &str, event: &str) {
@@ -224,7 +218,10 @@ impl Session {
             "presence" => self.presence(m),
             "access_token" => self.access_token(m).await,
             other => {
-                let reason = format!("UnknownEvent: {}", other.chars().take(64).collect::<String>());
+                let reason = format!(
+                    "UnknownEvent: {}",
+                    other.chars().take(64).collect::<String>()
+                );
                 self.reply_reason(&m, &reason);
             }
         }
@@ -560,6 +557,16 @@ impl Session {
         }
     }
 
+    /// A `system` message with `status` and `message` for every joined channel, for the
+    /// transport to send just before it closes the connection (these bypass the outbox, which
+    /// may be full or closed).
+    pub fn notices(&self, status: &str, message: &str) -> Vec<OutFrame> {
+        self.channels
+            .values()
+            .map(|ch| system_frame(self.format, ch.join_ref.as_ref(), &ch.key, status, message))
+            .collect()
+    }
+
     /// Leaves every channel (presence leaves go out to the other members). Call once when the
     /// connection ends, whatever the reason.
     pub async fn close(&mut self) {
@@ -580,6 +587,31 @@ impl Drop for Session {
     }
 }
 
+/// A `system` message (PROTOCOL §2.7): `{"extension":"system","status","message","channel"}`.
+fn system_frame(
+    format: Format,
+    join_ref: Option<&Ref>,
+    key: &TopicKey,
+    status: &str,
+    message: &str,
+) -> OutFrame {
+    let payload = format!(
+        r#"{{"extension":"system","status":"{status}","message":{},"channel":{}}}"#,
+        json_string(message),
+        json_string(key.name())
+    );
+    codec::encode(
+        format,
+        Outbound {
+            join_ref,
+            msg_ref: None,
+            topic: &key.wire(),
+            event: "system",
+            payload: &payload,
+        },
+    )
+}
+
 fn parse_catch_up(
     broadcast: Option<&Value>,
     config: &crate::node::NodeConfig,
@@ -596,9 +628,11 @@ fn parse_catch_up(
                 .map_err(|e| format!("InvalidJoinPayload: broadcast.resume.since: {e}"))?,
             Some(Value::Number(n)) if n.as_u64() == Some(0) => Since::Beginning,
             _ => {
-                return Err("InvalidJoinPayload: broadcast.resume.since must be \"0\" or a cursor \
+                return Err(
+                    "InvalidJoinPayload: broadcast.resume.since must be \"0\" or a cursor \
                             \"<epoch>:<offset>\""
-                    .into());
+                        .into(),
+                );
             }
         };
         let limit = limit_of(resume, config.resume_limit, config.resume_limit);
@@ -635,7 +669,10 @@ fn extract_broadcast(body: &Body) -> Result<(String, Payload), &'static str> {
                 .event
                 .ok_or("InvalidBroadcast: payload must be an object with a string event")?;
             let payload = j.payload.map_or("{}", RawValue::get);
-            Ok((event, Payload::Json(Bytes::copy_from_slice(payload.as_bytes()))))
+            Ok((
+                event,
+                Payload::Json(Bytes::copy_from_slice(payload.as_bytes())),
+            ))
         }
     }
 }

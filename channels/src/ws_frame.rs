@@ -547,7 +547,10 @@ mod tests {
             opcode: Opcode::Continuation,
             payload: b"x",
         };
-        assert_eq!(asm.push(orphan, 100).unwrap_err(), FrameError::Fragmentation);
+        assert_eq!(
+            asm.push(orphan, 100).unwrap_err(),
+            FrameError::Fragmentation
+        );
     }
 
     #[test]

@@ -1,1 +1,81 @@
-fn main() {}
+//! `hub`: the realtime hub binary. Run with `cargo run --release -p hub`; see README for flags.
+
+use anyhow::Context;
+use clap::Parser;
+use hub::auth::DevTokens;
+use hub::config::LogFormat;
+use hub::{AppState, Config};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut config = Config::parse();
+    init_tracing(config.log_format);
+    let secret = match config.jwt_secret.take() {
+        Some(s) => s,
+        None => {
+            let dev = DevTokens::generate().context("generating development tokens")?;
+            print_dev_tokens(&dev);
+            dev.secret
+        }
+    };
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let state = AppState::memory(config, &secret);
+    // Tests and scripts wait for exactly this line.
+    println!("hub listening on http://{addr}");
+    hub::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn print_dev_tokens(dev: &DevTokens) {
+    eprintln!(
+        "\n  DEVELOPMENT ONLY: no HUB_JWT_SECRET set, generated a random secret for this run.\n  \
+         Tokens below stop working when the hub restarts. Set HUB_JWT_SECRET in production.\n\n  \
+         HUB_JWT_SECRET={}\n  anon key:         {}\n  service_role key: {}\n",
+        dev.secret, dev.anon, dev.service_role
+    );
+}
+
+/// Completes on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

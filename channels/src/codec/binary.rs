@@ -257,8 +257,8 @@ mod tests {
     #[test]
     fn kind_4_matches_the_captured_layout_and_round_trips() {
         let payload = Payload::Json(Bytes::from_static(br#"{"x":10}"#));
-        let out = encode_user_broadcast("realtime:room2", "cursor", &payload, r#"{"id":"abc"}"#)
-            .unwrap();
+        let out =
+            encode_user_broadcast("realtime:room2", "cursor", &payload, r#"{"id":"abc"}"#).unwrap();
         assert_eq!(&out[..5], &[4, 14, 6, 12, 1]);
         let back = decode_user_broadcast(&out).unwrap();
         assert_eq!(back.topic, "realtime:room2");
@@ -272,7 +272,8 @@ mod tests {
     #[test]
     fn kind_3_encoder_matches_the_client() {
         let payload = Payload::Json(Bytes::from_static(br#"{"x":1,"y":2}"#));
-        let out = encode_user_broadcast_push("6", "7", "realtime:room1", "cursor", &payload).unwrap();
+        let out =
+            encode_user_broadcast_push("6", "7", "realtime:room1", "cursor", &payload).unwrap();
         assert_eq!(out, hex(CAPTURED));
     }
 }

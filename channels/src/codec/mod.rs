@@ -294,7 +294,8 @@ mod tests {
     fn long_event_names_fall_back_to_the_v2_json_form() {
         let payload = Payload::Json(Bytes::from_static(b"{}"));
         let event = "e".repeat(300);
-        let Some(OutFrame::Text(t)) = encode_broadcast(Format::V2, "realtime:r", &event, &payload, "")
+        let Some(OutFrame::Text(t)) =
+            encode_broadcast(Format::V2, "realtime:r", &event, &payload, "")
         else {
             panic!("text fallback");
         };

@@ -83,7 +83,8 @@ mod tests {
 
     #[test]
     fn heartbeat_without_join_ref_decodes() {
-        let m = decode(br#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"9"}"#).unwrap();
+        let m =
+            decode(br#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"9"}"#).unwrap();
         assert!(m.join_ref.is_none());
     }
 

@@ -54,8 +54,10 @@ mod tests {
 
     #[test]
     fn decodes_captured_frames() {
-        let m = decode(br#"["6","6","realtime:room1","phx_join",{"config":{"broadcast":{"ack":true}}}]"#)
-            .unwrap();
+        let m = decode(
+            br#"["6","6","realtime:room1","phx_join",{"config":{"broadcast":{"ack":true}}}]"#,
+        )
+        .unwrap();
         assert_eq!(m.event, "phx_join");
         assert_eq!(m.join_ref.unwrap().json(), r#""6""#);
         let hb = decode(br#"[null,"7","phoenix","heartbeat",{}]"#).unwrap();

@@ -1,0 +1,17 @@
+//! `GET /health`: liveness.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+use crate::state::AppState;
+
+/// 200 with the process's connection and topic counts.
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "connections": state.node.stats.connections.load(Ordering::Relaxed),
+        "topics": state.node.registry.topic_count(),
+    }))
+}

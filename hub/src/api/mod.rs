@@ -1,0 +1,5 @@
+//! REST handlers: health and the Supabase-compatible broadcast endpoints.
+
+pub mod broadcast;
+pub mod error;
+pub mod health;

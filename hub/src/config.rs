@@ -1,0 +1,104 @@
+//! Command-line and environment configuration. Every flag has an `HUB_…` environment equivalent
+//! and a documented default; README's configuration table lists them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use channels::{NodeConfig, OutboxLimits};
+use clap::Parser;
+
+/// The hub's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "hub",
+    version,
+    about = "Self-hosted realtime hub (Supabase Realtime compatible)"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HUB_ADDR", default_value = "127.0.0.1:4000")]
+    pub addr: SocketAddr,
+
+    /// HS256 secret that signs client JWTs. When unset, a random development secret is generated
+    /// and development tokens are printed.
+    #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Close a WebSocket that sends nothing (not even a heartbeat) for this long.
+    #[arg(long, env = "HUB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Largest WebSocket frame or message a client may send, in bytes.
+    #[arg(long, env = "HUB_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    pub max_frame_bytes: usize,
+
+    /// Largest broadcast payload, in bytes (WebSocket and REST).
+    #[arg(long, env = "HUB_MAX_PAYLOAD_BYTES", default_value_t = 1 << 20)]
+    pub max_payload_bytes: usize,
+
+    /// Channels one connection may have joined at once.
+    #[arg(long, env = "HUB_MAX_CHANNELS", default_value_t = 100)]
+    pub max_channels: usize,
+
+    /// Messages kept per topic for resume (in-memory history ring).
+    #[arg(long, env = "HUB_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// Forget the history of a topic with no members after this long without messages.
+    #[arg(long, env = "HUB_HISTORY_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Frames a connection's outbox holds before the connection is closed as a slow reader.
+    #[arg(long, env = "HUB_OUTBOX_MESSAGES", default_value_t = 1024)]
+    pub outbox_messages: usize,
+
+    /// Bytes a connection's outbox holds before the connection is closed as a slow reader.
+    #[arg(long, env = "HUB_OUTBOX_BYTES", default_value_t = 4 << 20)]
+    pub outbox_bytes: usize,
+
+    /// Delay before a join error reply (damps client retry loops; Supabase uses 5 s).
+    #[arg(long, env = "HUB_JOIN_ERROR_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub join_error_delay: Duration,
+
+    /// On shutdown, how long to wait for connections to close before exiting anyway.
+    #[arg(long, env = "HUB_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format: `text` or `json`. Filter with `RUST_LOG` (default `info`).
+    #[arg(long, env = "HUB_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// A configuration for tests: ephemeral port, a fixed secret, no join error delay.
+    pub fn for_tests(secret: &str) -> Self {
+        let mut c = Self::parse_from(["hub", "--addr", "127.0.0.1:0"]);
+        c.jwt_secret = Some(secret.to_owned());
+        c.join_error_delay = Duration::ZERO;
+        c
+    }
+
+    /// The channel protocol limits derived from this configuration.
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            max_channels: self.max_channels,
+            max_payload_bytes: self.max_payload_bytes,
+            resume_limit: self.history_size.max(1),
+            join_error_delay: self.join_error_delay,
+            outbox: OutboxLimits {
+                max_frames: self.outbox_messages,
+                max_bytes: self.outbox_bytes,
+            },
+            ..NodeConfig::default()
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The `hub` binary's library: configuration, the HTTP/WebSocket server, transports, JWT auth and
+//! the REST API. `main.rs` only wires these together, so tests run the same server in-process on
+//! an ephemeral port (`hub::serve(listener, state, shutdown)`).
+//!
+//! # Layout
+//! - [`config`]: flags and `HUB_…` variables; [`state`]: what routes share.
+//! - [`server`]: accept loop, HTTP/1.1 with upgrades, graceful shutdown.
+//! - [`routes`]: the router; [`api`]: REST handlers; [`transport`]: WebSocket transport.
+//! - [`auth`]: JWT verification and development tokens.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod transport;
+
+pub use config::Config;
+pub use server::serve;
+pub use state::AppState;

@@ -1,0 +1,115 @@
+//! The accept loop: HTTP/1.1 with upgrades on every accepted socket, and graceful shutdown.
+//!
+//! The hub runs its own loop over hyper instead of `axum::serve` for two reasons: the WebSocket
+//! transport needs the raw `TcpStream` back after the upgrade (to read and write it without any
+//! library buffer, see `transport::ws_conn`), which only works when hyper is given the stream
+//! directly; and accept errors such as running out of file descriptors must back off rather than
+//! spin, which matters on machines capped at 20,000 open files.
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::routes::router;
+use crate::state::AppState;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` completes, then closes every connection (WebSockets get a close
+/// frame) and waits for them, at most the configured drain timeout.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let app = router(state.clone());
+    let evictor = state.tasks.spawn(evict_history(state.clone()));
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = state.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let app = app.clone();
+                    let state2 = state.clone();
+                    state.tasks.spawn(serve_http(tcp, app, state2));
+                }
+                Err(e) => {
+                    // EMFILE and friends: the socket stays in the backlog; wait for descriptors
+                    // to be freed instead of spinning on the same error.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: closing connections");
+    state.shutdown.cancel();
+    state.tasks.close();
+    let drain = state.config.drain_timeout;
+    if tokio::time::timeout(drain, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = state.tasks.len(),
+            "drain timeout reached; exiting with connections still open"
+        );
+    }
+    evictor.abort();
+    Ok(())
+}
+
+async fn serve_http(tcp: TcpStream, app: axum::Router, state: AppState) {
+    // Small frames (heartbeat replies, single broadcasts) must not wait for Nagle.
+    let _ = tcp.set_nodelay(true);
+    let service = TowerToHyperService::new(app);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        _ = state.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(state.config.drain_timeout, conn).await;
+        }
+    }
+}
+
+/// Periodically forgets idle topics' in-memory history (see `MemoryBroker::evict_idle`).
+async fn evict_history(state: AppState) {
+    let Some(memory) = state.backends.memory.clone() else {
+        return;
+    };
+    let ttl = state.config.history_ttl;
+    let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {
+                let n = memory.evict_idle(ttl);
+                if n > 0 {
+                    tracing::debug!(topics = n, "evicted idle topic history");
+                }
+            }
+        }
+    }
+}

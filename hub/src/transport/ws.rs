@@ -1,0 +1,169 @@
+//! The WebSocket upgrade at `/realtime/v1/websocket` and `/socket/websocket`.
+//!
+//! Authentication happens before the upgrade, as with the real server: a missing or invalid
+//! `apikey` (query) / `x-api-key` (header) is refused with HTTP 401 and `{"error": reason}`. The
+//! client cannot read that status (it reports a transport failure and retries with backoff), but
+//! operators and raw clients can.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use channels::{Format, Outbox, Session, TokenError, TokenVerifier};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::api::error::upgrade_error;
+use crate::state::AppState;
+use crate::transport::ws_conn::{self, ConnParams};
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return s.into();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match b.get(i + 1..i + 3) {
+                Some(&[h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                    out.push(hex(h) * 16 + hex(l));
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+/// The message for a refused connect (Supabase words "Token has expired" without the seconds).
+fn connect_message(e: &TokenError) -> String {
+    match e {
+        TokenError::Expired { .. } => "Token has expired".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Validates the upgrade request and the token, then hands the socket to [`ws_conn::run`].
+pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
+    let headers = req.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return upgrade_error(
+            StatusCode::BAD_REQUEST,
+            "Expected a WebSocket upgrade request",
+        );
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        let mut resp = upgrade_error(StatusCode::BAD_REQUEST, "Unsupported WebSocket version");
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return upgrade_error(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key");
+    };
+    let query = req.uri().query().unwrap_or("");
+    let token = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| std::borrow::Cow::Owned(s.to_owned()))
+        .or_else(|| query_param(query, "apikey"));
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return upgrade_error(StatusCode::UNAUTHORIZED, "API key is missing");
+    };
+    let principal = match state.verifier.verify(&token) {
+        Ok(p) => p,
+        Err(e) => return upgrade_error(StatusCode::UNAUTHORIZED, &connect_message(&e)),
+    };
+    let vsn = query_param(query, "vsn");
+    let Some(format) = Format::from_vsn(vsn.as_deref()) else {
+        return upgrade_error(
+            StatusCode::BAD_REQUEST,
+            "Unsupported protocol version: vsn must be 1.0.0 or 2.0.0",
+        );
+    };
+    let token = token.into_owned();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let accept = channels::ws_frame::accept_key(key.as_bytes());
+    let st = state.clone();
+    state.tasks.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        let outbox = Outbox::new(st.node.config.outbox);
+        let session = Session::new(st.node.clone(), format, outbox.clone(), &token, principal);
+        let params = ConnParams {
+            idle_timeout: st.config.idle_timeout,
+            max_frame: st.config.max_frame_bytes,
+        };
+        ws_conn::run(
+            parts.io.into_inner(),
+            parts.read_buf,
+            session,
+            outbox,
+            params,
+            st.shutdown.clone(),
+        )
+        .await;
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found_and_decoded() {
+        let q = "apikey=a%2Bb&foo=bar&vsn=2.0.0&empty";
+        assert_eq!(query_param(q, "apikey").as_deref(), Some("a+b"));
+        assert_eq!(query_param(q, "vsn").as_deref(), Some("2.0.0"));
+        assert_eq!(query_param(q, "empty").as_deref(), Some(""));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,401 @@
+//! One WebSocket connection after the upgrade: reads frames into the session, writes the outbox.
+//!
+//! One task per connection, one `select!` loop, and the raw `TcpStream` shared by reference
+//! between the read and write branches (`readable`/`try_read`, `writable`/`try_write` take
+//! `&self`), so reading never waits for writing and no split or lock is needed.
+//!
+//! Memory per idle connection is kept near zero on purpose:
+//! - reads go into a per-thread scratch buffer; only a partial frame is copied into the
+//!   connection's own carry-over buffer, which is freed as soon as the frame completes;
+//! - writes are encoded into a buffer that exists only while bytes are unsent;
+//! - the outbox allocates nothing while empty.
+//!
+//! Write coalescing: when the outbox wakes the task, everything queued is encoded into one buffer
+//! and written with one system call.
+
+use std::cell::RefCell;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use channels::codec::{self, DecodeError, Inbound};
+use channels::outbox::CloseReason;
+use channels::ws_frame::{self, Assembler, FrameError, Message, Opcode, Role};
+use channels::{Format, OutFrame, Outbox, Session};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Size of the per-thread read buffer.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// Most bytes read per wake-up before yielding to other branches (fairness under floods).
+const READ_BUDGET: usize = 256 * 1024;
+
+/// How long a closing connection waits for its last bytes to leave and for the peer's close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+}
+
+/// Per-connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnParams {
+    /// Close after this long without any inbound frame.
+    pub idle_timeout: Duration,
+    /// Largest frame or reassembled message accepted.
+    pub max_frame: usize,
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+enum Stop {
+    /// The peer closed the TCP stream.
+    Eof,
+    /// The peer sent a close frame.
+    CloseFrame,
+    /// The stream failed.
+    Io(io::Error),
+    /// The peer broke the protocol; close with this code and reason.
+    Protocol(u16, String),
+}
+
+impl From<FrameError> for Stop {
+    fn from(e: FrameError) -> Self {
+        Self::Protocol(e.close_code(), e.to_string())
+    }
+}
+
+impl From<DecodeError> for Stop {
+    fn from(e: DecodeError) -> Self {
+        let code = match e {
+            DecodeError::BinaryKind(_) | DecodeError::BinaryOnV1 => 1003,
+            _ => 1007,
+        };
+        Self::Protocol(code, e.to_string())
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    format: Format,
+    params: ConnParams,
+    /// Bytes of an incomplete frame; empty (and unallocated) between frames.
+    rbuf: Vec<u8>,
+    asm: Assembler,
+    /// Encoded bytes not yet written; empty (and unallocated) when everything was sent.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// A ping or pong arrived since the last check: the peer is alive even without messages.
+    got_control: bool,
+}
+
+/// Runs the connection until either side closes it or the hub shuts down.
+pub async fn run(
+    stream: TcpStream,
+    leftover: Bytes,
+    mut session: Session,
+    outbox: Outbox,
+    params: ConnParams,
+    shutdown: CancellationToken,
+) {
+    let mut conn = Conn {
+        stream,
+        format: session.format(),
+        params,
+        rbuf: leftover.to_vec(),
+        asm: Assembler::default(),
+        wbuf: Vec::new(),
+        wpos: 0,
+        got_control: false,
+    };
+    let conn_id = session.conn_id();
+    let outcome = conn.drive(&mut session, &outbox, &shutdown).await;
+    session.close().await;
+    tracing::debug!(conn = conn_id, ?outcome, "websocket closed");
+}
+
+impl Conn {
+    async fn drive(
+        &mut self,
+        session: &mut Session,
+        outbox: &Outbox,
+        shutdown: &CancellationToken,
+    ) -> String {
+        let mut msgs: Vec<Inbound> = Vec::new();
+        let mut frames: Vec<OutFrame> = Vec::new();
+        let mut last_activity = Instant::now();
+        let mut idle_check = last_activity + self.params.idle_timeout;
+        let sleep = tokio::time::sleep_until(idle_check);
+        tokio::pin!(sleep);
+
+        // Frames the client sent right behind its upgrade request.
+        if !self.rbuf.is_empty() {
+            let mut buf = std::mem::take(&mut self.rbuf);
+            let parsed = self.parse(&mut buf, &mut msgs);
+            for m in msgs.drain(..) {
+                session.handle(m).await;
+            }
+            match parsed {
+                Ok(used) => {
+                    buf.drain(..used);
+                    self.rbuf = buf;
+                }
+                Err(stop) => return self.finish(stop).await,
+            }
+        }
+
+        loop {
+            let deadline = match session.next_deadline() {
+                Some(d) => d.min(idle_check),
+                None => idle_check,
+            };
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            let want_write = !self.wbuf.is_empty();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.queue_notices(session, "ok", "Server requested disconnect");
+                    return self.finish(Stop::Protocol(1001, "server shutting down".into()))
+                        .await;
+                }
+                ready = self.stream.readable() => {
+                    if let Err(e) = ready {
+                        return self.finish(Stop::Io(e)).await;
+                    }
+                    let res = self.read_available(&mut msgs);
+                    if !msgs.is_empty() || res.is_err() {
+                        last_activity = Instant::now();
+                    }
+                    // Messages decoded before a protocol error are still handled: they were
+                    // accepted.
+                    for m in msgs.drain(..) {
+                        session.handle(m).await;
+                    }
+                    if let Err(stop) = res {
+                        return self.finish(stop).await;
+                    }
+                    if self.got_control {
+                        self.got_control = false;
+                        last_activity = Instant::now();
+                    }
+                }
+                _ = outbox.ready(), if !want_write => {
+                    if let Some(reason) = outbox.drain(&mut frames) {
+                        self.encode(&mut frames);
+                        return self.finish_outbox(reason, session).await;
+                    }
+                    self.encode(&mut frames);
+                    if let Err(e) = self.flush() {
+                        return self.finish(Stop::Io(e)).await;
+                    }
+                }
+                ready = self.stream.writable(), if want_write => {
+                    if let Err(e) = ready.and_then(|()| self.flush().map(|_| ())) {
+                        return self.finish(Stop::Io(e)).await;
+                    }
+                }
+                _ = &mut sleep => {
+                    let now = Instant::now();
+                    if now >= idle_check {
+                        if now.duration_since(last_activity) >= self.params.idle_timeout {
+                            return self.finish(Stop::Protocol(1000, "idle timeout".into()))
+                                .await;
+                        }
+                        idle_check = last_activity + self.params.idle_timeout;
+                    }
+                    session.on_timer().await;
+                }
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Reads what the socket has (up to [`READ_BUDGET`]) and decodes every complete message.
+    fn read_available(&mut self, out: &mut Vec<Inbound>) -> Result<(), Stop> {
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            let n = if self.rbuf.is_empty() {
+                // Common case: no partial frame pending. Read into the thread's scratch buffer
+                // and copy out only an incomplete tail.
+                let read = SCRATCH.with(|cell| -> Result<Option<usize>, Stop> {
+                    let mut scratch = cell.borrow_mut();
+                    let n = match self.stream.try_read(&mut scratch) {
+                        Ok(0) => return Err(Stop::Eof),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                        Err(e) => return Err(Stop::Io(e)),
+                    };
+                    let used = self.parse(&mut scratch[..n], out)?;
+                    if used < n {
+                        self.rbuf.extend_from_slice(&scratch[used..n]);
+                    }
+                    Ok(Some(n))
+                })?;
+                match read {
+                    Some(n) => n,
+                    None => return Ok(()),
+                }
+            } else {
+                // A frame is split across reads: append to the carry-over buffer.
+                let len = self.rbuf.len();
+                self.rbuf.resize(len + SCRATCH_LEN, 0);
+                let n = match self.stream.try_read(&mut self.rbuf[len..]) {
+                    Ok(0) => return Err(Stop::Eof),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.rbuf.truncate(len);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(Stop::Io(e)),
+                };
+                self.rbuf.truncate(len + n);
+                let mut buf = std::mem::take(&mut self.rbuf);
+                let used = self.parse(&mut buf, out)?;
+                if used < buf.len() {
+                    buf.drain(..used);
+                    self.rbuf = buf;
+                }
+                n
+            };
+            budget = budget.saturating_sub(n);
+        }
+        Ok(())
+    }
+
+    /// Decodes every complete frame at the start of `buf`; returns the bytes used.
+    fn parse(&mut self, buf: &mut [u8], out: &mut Vec<Inbound>) -> Result<usize, Stop> {
+        let max = self.params.max_frame;
+        let format = self.format;
+        let mut pos = 0;
+        loop {
+            let Some((frame, used)) = ws_frame::parse_frame(&mut buf[pos..], Role::Server, max)?
+            else {
+                return Ok(pos);
+            };
+            pos += used;
+            match self.asm.push(frame, max)? {
+                None => {}
+                Some(Message::Text(t)) => out.push(codec::decode_text(format, t)?),
+                Some(Message::Binary(b)) => out.push(codec::decode_binary(format, b)?),
+                Some(Message::Ping(p)) => {
+                    ws_frame::write_frame(&mut self.wbuf, Opcode::Pong, p, None);
+                    self.got_control = true;
+                }
+                Some(Message::Pong) => self.got_control = true,
+                Some(Message::Close(_)) => return Err(Stop::CloseFrame),
+            }
+            self.asm.release();
+        }
+    }
+
+    /// Appends `frames` to the write buffer as WebSocket frames.
+    fn encode(&mut self, frames: &mut Vec<OutFrame>) {
+        let total: usize = frames.iter().map(|f| f.len() + 10).sum();
+        self.wbuf.reserve(total);
+        for f in frames.drain(..) {
+            let (op, bytes) = match &f {
+                OutFrame::Text(b) => (Opcode::Text, b),
+                OutFrame::Binary(b) => (Opcode::Binary, b),
+            };
+            ws_frame::write_header(&mut self.wbuf, op, bytes.len(), None);
+            self.wbuf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Writes as much of the buffer as the socket takes. `Ok(true)` when everything went out.
+    fn flush(&mut self) -> io::Result<bool> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.try_write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        // Free the buffer: an idle connection keeps no write memory.
+        self.wbuf = Vec::new();
+        self.wpos = 0;
+        Ok(true)
+    }
+
+    /// Queues a `system` message on every joined channel (before closing the socket).
+    fn queue_notices(&mut self, session: &Session, status: &str, message: &str) {
+        let mut frames = session.notices(status, message);
+        self.encode(&mut frames);
+    }
+
+    async fn finish_outbox(&mut self, reason: CloseReason, session: &Session) -> String {
+        let stop = match reason {
+            CloseReason::Slow => {
+                self.queue_notices(
+                    session,
+                    "error",
+                    "Connection closed: messages were not read fast enough (outbox overflow); \
+                     reconnect and resume from your last cursor",
+                );
+                Stop::Protocol(4008, "slow reader: outbox overflow".into())
+            }
+            CloseReason::Server { code, reason } => Stop::Protocol(code, reason),
+        };
+        self.finish(stop).await
+    }
+
+    /// Ends the connection: sends what is due (a close frame for protocol-level endings), waits
+    /// briefly for it to leave, and returns a description for the log.
+    async fn finish(&mut self, stop: Stop) -> String {
+        match stop {
+            Stop::Eof => "peer closed the connection".to_owned(),
+            Stop::Io(e) => format!("io error: {e}"),
+            Stop::CloseFrame => {
+                ws_frame::write_close(&mut self.wbuf, 1000, "", None);
+                self.linger().await;
+                "peer sent close".to_owned()
+            }
+            Stop::Protocol(code, reason) => {
+                ws_frame::write_close(&mut self.wbuf, code, &reason, None);
+                self.linger().await;
+                format!("closed by server: {code} {reason}")
+            }
+        }
+    }
+
+    /// Sends the remaining bytes, half-closes, and waits for the peer to close, all bounded by
+    /// [`CLOSE_LINGER`] so a dead peer cannot hold the task.
+    async fn linger(&mut self) {
+        let deadline = Instant::now() + CLOSE_LINGER;
+        loop {
+            match self.flush() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(_) => return,
+            }
+            match tokio::time::timeout_at(deadline, self.stream.writable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.readable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+            let done = SCRATCH.with(|cell| {
+                let mut scratch = cell.borrow_mut();
+                match self.stream.try_read(&mut scratch) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                }
+            });
+            if done {
+                return;
+            }
+        }
+    }
+}
