@@ -360,6 +360,9 @@ impl Registry {
         let mut st = lock(&entry.state);
         let mut enc = Encoded::new(env, false);
         let pending_limit = self.pending_limit;
+        // Counted locally and added once: one shared atomic per member would bounce its cache
+        // line between cores on every delivery.
+        let (mut queued, mut overflowed) = (0u64, 0u64);
         for slot in st.slots.iter_mut() {
             let m = &slot.member;
             if origin == Some(m.conn) && !m.broadcast_self {
@@ -375,8 +378,16 @@ impl Registry {
                 continue;
             }
             if let Some(frame) = enc.frame(m.format) {
-                self.push(m, frame);
+                match m.outbox.push(frame) {
+                    Pushed::Queued => queued += 1,
+                    Pushed::Overflowed => overflowed += 1,
+                    Pushed::Closed => {}
+                }
             }
+        }
+        self.stats.deliveries.fetch_add(queued, Ordering::Relaxed);
+        if overflowed > 0 {
+            self.stats.slow_closes.fetch_add(overflowed, Ordering::Relaxed);
         }
     }
 
