@@ -13,9 +13,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 /// One WebSocket data frame to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +93,6 @@ pub struct Outbox {
 #[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
-    /// Wakes the writer. `notify_one` stores a permit when the writer is busy, so no wake-up is lost.
-    notify: Notify,
     limits: OutboxLimits,
 }
 
@@ -103,6 +101,19 @@ struct State {
     frames: VecDeque<OutFrame>,
     bytes: usize,
     closed: Option<CloseReason>,
+    /// Set by a push or close since the writer last looked; like a stored permit, so a wake-up
+    /// that happens while the writer is busy is not lost.
+    notified: bool,
+    /// The writer task, registered when it found nothing to do. A waker slot instead of a
+    /// `Notify` so the writer needs no future per connection (see `hub::transport::ws_conn`).
+    waker: Option<Waker>,
+}
+
+impl State {
+    fn notify(&mut self) -> Option<Waker> {
+        self.notified = true;
+        self.waker.take()
+    }
 }
 
 impl Outbox {
@@ -111,7 +122,6 @@ impl Outbox {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                notify: Notify::new(),
                 limits,
             }),
         }
@@ -137,17 +147,20 @@ impl Outbox {
             st.closed = Some(CloseReason::Slow);
             st.frames.clear();
             st.bytes = 0;
+            let waker = st.notify();
             drop(st);
-            self.inner.notify.notify_one();
+            if let Some(w) = waker {
+                w.wake();
+            }
             return Pushed::Overflowed;
         }
-        let was_empty = st.frames.is_empty();
         st.bytes += frame.len();
         st.frames.push_back(frame);
+        // Only the first push after the writer registered needs to wake it; it drains them all.
+        let waker = st.notify();
         drop(st);
-        // Only the first frame of a batch needs to wake the writer; it drains them all.
-        if was_empty {
-            self.inner.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         Pushed::Queued
     }
@@ -159,8 +172,11 @@ impl Outbox {
         if st.closed.is_none() {
             st.closed = Some(reason);
         }
+        let waker = st.notify();
         drop(st);
-        self.inner.notify.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// Whether the outbox no longer accepts frames.
@@ -168,9 +184,22 @@ impl Outbox {
         self.lock().closed.is_some()
     }
 
-    /// Waits until something was pushed or the outbox was closed since the last drain.
+    /// Ready when something was pushed or the outbox was closed since the last time this
+    /// returned ready; otherwise registers the task to be woken. One writer task per outbox.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.lock();
+        if std::mem::take(&mut st.notified) {
+            return Poll::Ready(());
+        }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits until something was pushed or the outbox was closed (see [`Outbox::poll_ready`]).
     pub async fn ready(&self) {
-        self.inner.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await;
     }
 
     /// Moves every queued frame into `into` and returns the close reason once closed.

@@ -387,7 +387,9 @@ impl Registry {
         }
         self.stats.deliveries.fetch_add(queued, Ordering::Relaxed);
         if overflowed > 0 {
-            self.stats.slow_closes.fetch_add(overflowed, Ordering::Relaxed);
+            self.stats
+                .slow_closes
+                .fetch_add(overflowed, Ordering::Relaxed);
         }
     }
 

@@ -11,6 +11,9 @@ use tokio::net::TcpListener;
 async fn main() -> anyhow::Result<()> {
     let mut config = Config::parse();
     init_tracing(config.log_format);
+    // Signal handlers go in before the listening line: a supervisor that sends SIGTERM right
+    // after seeing it must get a clean shutdown, not the default kill.
+    let shutdown = shutdown_signal().context("installing signal handlers")?;
     let secret = match config.jwt_secret.take() {
         Some(s) => s,
         None => {
@@ -26,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState::memory(config, &secret);
     // Tests and scripts wait for exactly this line.
     println!("hub listening on http://{addr}");
-    hub::serve(listener, state, shutdown_signal()).await?;
+    hub::serve(listener, state, shutdown).await?;
     Ok(())
 }
 
@@ -51,31 +54,20 @@ fn print_dev_tokens(dev: &DevTokens) {
     );
 }
 
-/// Completes on ctrl-c or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Installs the ctrl-c and SIGTERM handlers now and returns a future that completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    })
 }

@@ -46,7 +46,7 @@ after(async () => {
  * {kind: 'close', code} for a close with a close frame. Fails on an abnormal close (1006) or if
  * neither happens within 3 s.
  */
-async function errorReplyOrCleanClose(raw, { ref, what }) {
+async function errorReplyOrCleanClose(t, raw, { ref, what }) {
   const isError = (f) =>
     (f.event === 'phx_reply' && f.payload?.status === 'error' && (ref === undefined || f.ref === ref)) ||
     (f.event === 'phx_error' && (ref === undefined || f.ref === ref)) ||
@@ -59,6 +59,11 @@ async function errorReplyOrCleanClose(raw, { ref, what }) {
     }
   )
   reply.catch(() => {})
+  t.diagnostic(
+    outcome.kind === 'close'
+      ? `${what}: hub closed the connection with ${outcome.code} ${JSON.stringify(outcome.reason)}`
+      : `${what}: hub replied ${outcome.frame.text ?? JSON.stringify(outcome.frame.payload)}`
+  )
   if (outcome.kind === 'close') {
     assert.notEqual(outcome.code, 1006, `${what}: abnormal close (no close frame) — not a clean close`)
   }
@@ -90,7 +95,7 @@ for (const vsn of VERSIONS) {
         const raw = await RawSocket.open(hub, { vsn })
         t.after(() => raw.close())
         send(raw)
-        await errorReplyOrCleanClose(raw, { what })
+        await errorReplyOrCleanClose(t, raw, { what })
         await probe.check(what)
       })
     }
@@ -101,7 +106,7 @@ for (const vsn of VERSIONS) {
       const topic = `realtime:${uniqueName('unknown-ev')}`
       const { join_ref } = await raw.join(topic)
       const ref = raw.send({ join_ref, topic, event: 'no_such_event', payload: {} })
-      await errorReplyOrCleanClose(raw, { ref, what: 'unknown event' })
+      await errorReplyOrCleanClose(t, raw, { ref, what: 'unknown event' })
       await probe.check('unknown event')
     })
 
@@ -109,7 +114,7 @@ for (const vsn of VERSIONS) {
       const raw = await RawSocket.open(hub, { vsn })
       t.after(() => raw.close())
       const ref = raw.send({ topic: 'phoenix', event: 'not_a_heartbeat', payload: {} })
-      await errorReplyOrCleanClose(raw, { ref, what: 'unknown phoenix event' })
+      await errorReplyOrCleanClose(t, raw, { ref, what: 'unknown phoenix event' })
       await probe.check('unknown phoenix event')
     })
 
@@ -124,7 +129,7 @@ for (const vsn of VERSIONS) {
         event: 'broadcast',
         payload: { type: 'broadcast', event: 'big', payload: { blob: 'x'.repeat(MAX_FRAME * 2) } },
       })
-      await errorReplyOrCleanClose(raw, { ref, what: 'an oversized frame' })
+      await errorReplyOrCleanClose(t, raw, { ref, what: 'an oversized frame' })
       await probe.check('an oversized frame')
     })
 
@@ -171,7 +176,7 @@ describe('vsn 2.0.0: malformed binary broadcast pushes', () => {
     await raw.join(topic)
     // Header announces a 40-byte topic and a 10-byte event but the frame ends early.
     raw.sendRaw(Buffer.from([3, 1, 1, 40, 10, 0, 1, 0x31, 0x32, 0x72, 0x65]), { binary: true })
-    await errorReplyOrCleanClose(raw, { what: 'a truncated kind 3 frame' })
+    await errorReplyOrCleanClose(t, raw, { what: 'a truncated kind 3 frame' })
     await probe.check('a truncated kind 3 frame')
   })
 
@@ -179,7 +184,7 @@ describe('vsn 2.0.0: malformed binary broadcast pushes', () => {
     const raw = await RawSocket.open(hub, { vsn: '2.0.0' })
     t.after(() => raw.close())
     raw.sendRaw(Buffer.from([3]), { binary: true })
-    await errorReplyOrCleanClose(raw, { what: 'a 1-byte kind 3 frame' })
+    await errorReplyOrCleanClose(t, raw, { what: 'a 1-byte kind 3 frame' })
     await probe.check('a 1-byte kind 3 frame')
   })
 
@@ -192,7 +197,7 @@ describe('vsn 2.0.0: malformed binary broadcast pushes', () => {
     const parts = [join_ref, ref, topic, 'ev', ''].map((s) => Buffer.from(s))
     const frame = Buffer.concat([Buffer.from([3, ...parts.map((p) => p.length), 1]), ...parts, Buffer.from('{"broken":')])
     raw.sendRaw(frame, { binary: true })
-    await errorReplyOrCleanClose(raw, { ref, what: 'kind 3 with invalid JSON' })
+    await errorReplyOrCleanClose(t, raw, { ref, what: 'kind 3 with invalid JSON' })
     await probe.check('kind 3 with invalid JSON')
   })
 
@@ -212,7 +217,7 @@ describe('vsn 2.0.0: malformed binary broadcast pushes', () => {
     const topic = `realtime:${uniqueName('bigbin')}`
     const { join_ref } = await raw.join(topic)
     const ref = raw.sendKind3({ join_ref, topic, event: 'e', payload: Buffer.alloc(MAX_FRAME * 2, 7) })
-    await errorReplyOrCleanClose(raw, { ref, what: 'an oversized binary frame' })
+    await errorReplyOrCleanClose(t, raw, { ref, what: 'an oversized binary frame' })
     await probe.check('an oversized binary frame')
   })
 

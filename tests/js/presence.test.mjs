@@ -242,6 +242,29 @@ for (const vsn of VERSIONS) {
       assert.deepEqual(x.ch.presenceState().alice?.map(strip), [{ name: 'alice' }])
     })
 
+    test('presence on a private channel is separate from the public channel of the same name', async (t) => {
+      const topic = uniqueName('pres-priv')
+      const mk = async (name, priv) => {
+        const c = newClient(hub, { vsn, t, name })
+        const ch = c.channel(topic, { config: { private: priv, presence: { key: name } } })
+        const events = onPresence(ch, `${name} presence events`)
+        await subscribe(ch)
+        return { c, ch, events }
+      }
+      const pubA = await mk('pub-a', false)
+      const pubB = await mk('pub-b', false)
+      const privA = await mk('priv-a', true)
+      const privB = await mk('priv-b', true)
+      await privA.ch.track({ side: 'private' })
+      await pubA.ch.track({ side: 'public' })
+      await privB.events.waitFor(isJoin('priv-a'), 'private member sees the private track')
+      await pubB.events.waitFor(isJoin('pub-a'), 'public member sees the public track')
+      assert.deepEqual(Object.keys(pubB.ch.presenceState()), ['pub-a'])
+      assert.deepEqual(Object.keys(privB.ch.presenceState()), ['priv-a'])
+      assert.equal(pubB.events.filter(isJoin('priv-a')).length, 0, 'private presence leaked to a public member')
+      assert.equal(privB.events.filter(isJoin('pub-a')).length, 0, 'public presence leaked to a private member')
+    })
+
     test('presence_state is sent again after a rejoin, and diffs keep flowing', async (t) => {
       const topic = uniqueName('rejoin')
       const c = newClient(hub, { vsn, t, name: 'alice', reconnectAfterMs: () => 100 })

@@ -106,6 +106,28 @@ for (const vsn of VERSIONS) {
   })
 }
 
+// realtime-js derives the REST URL from the socket URL: for an endpoint ending in /socket it strips
+// /socket and posts to /api/broadcast (PROTOCOL §3.4), so self-hosted-style clients use that path.
+describe('REST from a client using the /socket endpoint', () => {
+  for (const vsn of VERSIONS) {
+    test(`vsn ${vsn}: send() fallback and httpSend() post to /api/broadcast and are delivered`, async (t) => {
+      const topic = uniqueName('socket-rest')
+      const l = await listener(t, vsn, topic)
+      const rec = recordingFetch()
+      const c = newClient(hub, { vsn, t, endpoint: 'socket', name: 'socket-endpoint sender', fetch: rec.fetch })
+      const ch = c.channel(topic)
+      assert.equal(await ch.send({ type: 'broadcast', event: 'fallback', payload: { f: 1 } }), 'ok')
+      assert.deepEqual(await ch.httpSend('explicit', { e: 1 }), { success: true })
+      assert.deepEqual(rec.calls.map((x) => new URL(x.url).pathname), [
+        '/api/broadcast',
+        `/api/broadcast/${encodeURIComponent(topic)}/events/explicit`,
+      ])
+      await l.got.waitForCount(() => true, 2, 'both REST messages at the listener')
+      assert.deepEqual(l.got.items.map((m) => m.event), ['fallback', 'explicit'])
+    })
+  }
+})
+
 describe('httpSend with a binary body (application/octet-stream)', () => {
   test('V2 members get an ArrayBuffer, V1 members get nothing', async (t) => {
     const topic = uniqueName('http-bin')

@@ -14,6 +14,7 @@ import {
   rawConn,
   statusLog,
   ping,
+  connected,
 } from './helpers/client.mjs'
 import { parseCursor } from './helpers/wire.mjs'
 import { EventLog, uniqueName, pace } from './helpers/wait.mjs'
@@ -121,6 +122,7 @@ describe('resume with the default history size', () => {
         await r.got.waitFor((m) => m.payload.i === 6, 'live message 6')
         const replayed = r.got.items.filter((m) => m.payload.i < 6)
         assert.equal(replayed.length, 2, `exactly 2 replayed, got ${JSON.stringify(replayed.map((m) => m.payload.i))}`)
+        t.diagnostic(`limit 2 over history 0..5 replayed ${JSON.stringify(replayed.map((m) => m.payload.i))}`)
         assertConsecutive(replayed, 'replayed')
         assert.equal(r.got.items.at(-1).payload.i, 6, 'live message after the replay')
         assert.equal(new Set(r.got.items.map((m) => m.payload.i)).size, r.got.length, 'no duplicates')
@@ -139,6 +141,39 @@ describe('resume with the default history size', () => {
         await publish(2, 1)
         await r.got.waitFor((m) => m.payload.i === 2, 'live message after the error')
         assert.equal(statusLog(r.ch).filter((s) => s.status === 'CLOSED').length, 0, 'channel not closed')
+      })
+
+      test('joins with resume.since "0" during a burst: replay and live hand over without gap or duplicate', async (t) => {
+        const topic = uniqueName('resume-race')
+        const pubC = newClient(hub, { vsn, t, name: 'publisher' })
+        const pub = pubC.channel(topic, { config: { broadcast: { self: true } } })
+        const own = onBroadcast(pub, '*', 'publisher self copies')
+        await subscribe(pub)
+        const N = 400
+        const JOINERS = 8
+        // Joiners connect first, so their phx_join goes out the moment subscribe() is called.
+        const joiners = []
+        for (let k = 0; k < JOINERS; k++) {
+          const c = newClient(hub, { vsn, t, name: `joiner-${k}` })
+          await connected(c)
+          const ch = c.channel(topic, { config: { broadcast: { resume: { since: '0' } } } })
+          joiners.push({ c, ch, got: onBroadcast(ch, '*', `joiner-${k} broadcasts`) })
+        }
+        // Fire-and-forget burst, paced in slices of 10; joiner k subscribes in the middle of it.
+        for (let i = 0; i < N; i++) {
+          pub.send({ type: 'broadcast', event: 'burst', payload: { i } })
+          const k = Math.floor(i / (N / JOINERS))
+          if (i % (N / JOINERS) === N / JOINERS / 2) joiners[k].subscribed = subscribe(joiners[k].ch)
+          if (i % 10 === 9) await pace(1) // pacing the burst so joins interleave with it
+        }
+        await own.waitForCount(() => true, N, 'publisher sees its whole burst')
+        for (const [k, j] of joiners.entries()) {
+          await j.subscribed
+          const all = await j.got.waitForCount(() => true, N, `joiner ${k} has all ${N}`)
+          assert.deepEqual(all.map((m) => m.payload.i), range(N), `joiner ${k}: complete, ordered, no duplicates`)
+        }
+        await ping(pubC)
+        for (const [k, j] of joiners.entries()) assert.equal(j.got.length, N, `joiner ${k}: nothing extra`)
       })
 
       test('an app that keeps resume.since updated gets every message exactly once across a lost socket', async (t) => {

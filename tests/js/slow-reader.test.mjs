@@ -49,8 +49,9 @@ for (const fastVsn of ['1.0.0', '2.0.0']) {
 
     // Let the slow reader drain what was buffered; it must then find its connection closed.
     slow.ws._socket.resume()
-    await slow.waitClosed('the paused reader to be closed by the hub', 15_000)
+    const info = await slow.waitClosed('the paused reader to be closed by the hub', 15_000)
     const slowGot = slow.frames.filter((f) => f.event === 'broadcast').length
+    t.diagnostic(`slow reader got ${slowGot}/${N} messages, then close ${info.code} ${JSON.stringify(info.reason)}`)
     assert.ok(slowGot < N, `the slow reader received ${slowGot}/${N}: the hub buffered without bound`)
 
     // Everyone else is unaffected afterwards.

@@ -5,7 +5,8 @@ import { describe, test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 
 import { startHub, mintToken } from './helpers/hub.mjs'
-import { VERSIONS, newClient, subscribe, onBroadcast, onSystem, statusLog } from './helpers/client.mjs'
+import { VERSIONS, newClient, subscribe, subscribeStatus, onBroadcast, onSystem, statusLog } from './helpers/client.mjs'
+import { RawSocket } from './helpers/raw.mjs'
 import { uniqueName } from './helpers/wait.mjs'
 
 let hub
@@ -82,6 +83,44 @@ for (const vsn of VERSIONS) {
         assert.equal(m.c.getChannels().includes(m.ch), false, 'client removed the closed channel')
       })
     }
+
+    test('an invalid access_token closes only the channel it was pushed on (raw)', async (t) => {
+      const raw = await RawSocket.open(hub, { vsn })
+      t.after(() => raw.close())
+      const a = `realtime:${uniqueName('tok-a')}`
+      const b = `realtime:${uniqueName('tok-b')}`
+      const ja = await raw.join(a)
+      const jb = await raw.join(b, { broadcast: { ack: true, self: true } })
+      raw.send({ join_ref: ja.join_ref, topic: a, event: 'access_token', payload: { access_token: mintToken({}, { secret: 'wrong' }) } })
+      const sys = await raw.frames.waitFor((f) => f.topic === a && f.event === 'system', 'system message on the bad channel')
+      assert.equal(sys.payload.status, 'error')
+      const close = await raw.frames.waitFor((f) => f.topic === a && f.event === 'phx_close', 'phx_close on the bad channel')
+      if (vsn === '2.0.0') {
+        assert.equal(sys.join_ref, ja.join_ref)
+        assert.equal(close.join_ref, ja.join_ref)
+        assert.equal(close.ref, ja.join_ref, 'phx_close ref = join_ref, or realtime-js ignores it')
+      }
+      // The other channel on the same connection is untouched.
+      const ref = raw.send({ join_ref: jb.join_ref, topic: b, event: 'broadcast', payload: { type: 'broadcast', event: 'still', payload: {} } })
+      assert.equal((await raw.waitReply(ref)).payload.status, 'ok')
+      await raw.frames.waitFor((f) => f.topic === b && f.event === 'broadcast', 'own broadcast on the other channel')
+      assert.equal(raw.frames.filter((f) => f.topic === b && (f.event === 'phx_close' || f.event === 'system')).length, 0)
+      // The closed channel no longer accepts pushes.
+      const ref2 = raw.send({ join_ref: ja.join_ref, topic: a, event: 'broadcast', payload: { type: 'broadcast', event: 'x', payload: {} } })
+      const reply = await raw.waitReply(ref2)
+      assert.deepEqual(reply.payload, { status: 'error', response: { reason: 'unmatched topic' } })
+    })
+
+    // PROTOCOL §6.1: a join carrying an invalid access_token is refused with the token error.
+    test('subscribing after setAuth(invalid token) is refused with CHANNEL_ERROR', async (t) => {
+      const c = newClient(hub, { vsn, t })
+      await c.setAuth(mintToken({}, { secret: 'not-the-hub-secret' }))
+      const ch = c.channel(uniqueName('tok-join'))
+      const first = await subscribeStatus(ch)
+      assert.equal(first.status, 'CHANNEL_ERROR')
+      assert.match(first.message, /Failed to validate JWT signature/)
+      await c.removeChannel(ch)
+    })
 
     test('an sb_ publishable key sent as access_token is ignored (PROTOCOL §2.6/§10.10)', async (t) => {
       const m = await pair(t)

@@ -225,10 +225,12 @@ pub fn json_string(s: &str) -> String {
 }
 
 /// Tells "not JSON" from "JSON of the wrong shape" after a typed parse failed (error path only).
-fn shape_or_json(text: &[u8], err: serde_json::Error, shape: &'static str) -> DecodeError {
+fn shape_or_json(text: &[u8], shape: &'static str) -> DecodeError {
     match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
         Ok(_) => DecodeError::Shape(shape),
-        Err(_) => DecodeError::Json(err.to_string()),
+        // The untyped parser's message names the syntax error itself ("EOF while parsing…"),
+        // where the typed one would complain about the expected shape.
+        Err(e) => DecodeError::Json(e.to_string()),
     }
 }
 

@@ -28,10 +28,9 @@ pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
             "expected a JSON object {topic, event, payload, ref} (vsn=1.0.0), got an array",
         ));
     }
-    let m: Message = serde_json::from_slice(text).map_err(|e| {
+    let m: Message = serde_json::from_slice(text).map_err(|_| {
         shape_or_json(
             text,
-            e,
             "expected a JSON object {topic, event, payload, ref} with string topic and event (vsn=1.0.0)",
         )
     })?;

@@ -15,10 +15,9 @@ type Array = (
 /// Decodes one V2 text frame.
 pub fn decode(text: &[u8]) -> Result<Inbound, DecodeError> {
     let (join_ref, msg_ref, topic, event, payload): Array =
-        serde_json::from_slice(text).map_err(|e| {
+        serde_json::from_slice(text).map_err(|_| {
             shape_or_json(
                 text,
-                e,
                 "expected a JSON array [join_ref, ref, topic, event, payload] (vsn=2.0.0)",
             )
         })?;

@@ -14,7 +14,10 @@
 //! and written with one system call.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +27,7 @@ use channels::ws_frame::{self, Assembler, FrameError, Message, Opcode, Role};
 use channels::{Format, OutFrame, Outbox, Session};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Size of the per-thread read buffer.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -92,15 +95,18 @@ struct Conn {
 }
 
 /// Runs the connection until either side closes it or the hub shuts down.
-pub async fn run(
+///
+/// Not an `async fn`: the arguments are moved into [`Conn`] first, so the task's future holds
+/// them once instead of once as arguments and again as locals.
+pub fn run(
     stream: TcpStream,
     leftover: Bytes,
-    mut session: Session,
+    session: Session,
     outbox: Outbox,
     params: ConnParams,
     shutdown: CancellationToken,
-) {
-    let mut conn = Conn {
+) -> impl Future<Output = ()> + Send {
+    let conn = Conn {
         stream,
         format: session.format(),
         params,
@@ -110,13 +116,57 @@ pub async fn run(
         wpos: 0,
         got_control: false,
     };
-    let conn_id = session.conn_id();
-    let outcome = conn.drive(&mut session, &outbox, &shutdown).await;
-    session.close().await;
-    tracing::debug!(conn = conn_id, ?outcome, "websocket closed");
+    conn.run(session, outbox, shutdown)
+}
+
+/// What woke the connection task.
+enum Event {
+    Shutdown,
+    Readable,
+    Writable,
+    Outbox,
+    Timer,
 }
 
 impl Conn {
+    async fn run(mut self, mut session: Session, outbox: Outbox, shutdown: CancellationToken) {
+        let outcome = self.drive(&mut session, &outbox, &shutdown).await;
+        session.close().await;
+        tracing::debug!(conn = session.conn_id(), ?outcome, "websocket closed");
+    }
+
+    /// Waits for the next event. Polls readiness directly instead of holding one future per
+    /// branch (as `select!` would): those futures would live in every idle connection's task.
+    fn next_event<'a>(
+        &'a self,
+        cancelled: Pin<&'a mut WaitForCancellationFuture<'_>>,
+        sleep: Pin<&'a mut tokio::time::Sleep>,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = io::Result<Event>> + 'a {
+        let mut cancelled = cancelled;
+        let mut sleep = sleep;
+        let want_write = !self.wbuf.is_empty();
+        std::future::poll_fn(move |cx| {
+            if cancelled.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Shutdown));
+            }
+            if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
+                return Poll::Ready(r.map(|()| Event::Readable));
+            }
+            if want_write {
+                if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
+                    return Poll::Ready(r.map(|()| Event::Writable));
+                }
+            } else if outbox.poll_ready(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Outbox));
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Timer));
+            }
+            Poll::Pending
+        })
+    }
+
     async fn drive(
         &mut self,
         session: &mut Session,
@@ -129,13 +179,15 @@ impl Conn {
         let mut idle_check = last_activity + self.params.idle_timeout;
         let sleep = tokio::time::sleep_until(idle_check);
         tokio::pin!(sleep);
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         // Frames the client sent right behind its upgrade request.
         if !self.rbuf.is_empty() {
             let mut buf = std::mem::take(&mut self.rbuf);
             let parsed = self.parse(&mut buf, &mut msgs);
             for m in msgs.drain(..) {
-                session.handle(m).await;
+                Box::pin(session.handle(m)).await;
             }
             match parsed {
                 Ok(used) => {
@@ -154,36 +206,37 @@ impl Conn {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            let want_write = !self.wbuf.is_empty();
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
+            let event = self
+                .next_event(cancelled.as_mut(), sleep.as_mut(), outbox)
+                .await;
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => return self.finish(Stop::Io(e)).await,
+            };
+            match event {
+                Event::Shutdown => {
                     self.queue_notices(session, "ok", "Server requested disconnect");
-                    return self.finish(Stop::Protocol(1001, "server shutting down".into()))
+                    return self
+                        .finish(Stop::Protocol(1001, "server shutting down".into()))
                         .await;
                 }
-                ready = self.stream.readable() => {
-                    if let Err(e) = ready {
-                        return self.finish(Stop::Io(e)).await;
-                    }
+                Event::Readable => {
                     let res = self.read_available(&mut msgs);
-                    if !msgs.is_empty() || res.is_err() {
+                    if !msgs.is_empty() || self.got_control {
+                        self.got_control = false;
                         last_activity = Instant::now();
                     }
                     // Messages decoded before a protocol error are still handled: they were
-                    // accepted.
+                    // accepted. Boxed: the handler's state machine is ~1 KiB and would otherwise
+                    // live in every idle connection's task for its whole life.
                     for m in msgs.drain(..) {
-                        session.handle(m).await;
+                        Box::pin(session.handle(m)).await;
                     }
                     if let Err(stop) = res {
                         return self.finish(stop).await;
                     }
-                    if self.got_control {
-                        self.got_control = false;
-                        last_activity = Instant::now();
-                    }
                 }
-                _ = outbox.ready(), if !want_write => {
+                Event::Outbox => {
                     if let Some(reason) = outbox.drain(&mut frames) {
                         self.encode(&mut frames);
                         return self.finish_outbox(reason, session).await;
@@ -193,21 +246,22 @@ impl Conn {
                         return self.finish(Stop::Io(e)).await;
                     }
                 }
-                ready = self.stream.writable(), if want_write => {
-                    if let Err(e) = ready.and_then(|()| self.flush().map(|_| ())) {
+                Event::Writable => {
+                    if let Err(e) = self.flush() {
                         return self.finish(Stop::Io(e)).await;
                     }
                 }
-                _ = &mut sleep => {
+                Event::Timer => {
                     let now = Instant::now();
                     if now >= idle_check {
                         if now.duration_since(last_activity) >= self.params.idle_timeout {
-                            return self.finish(Stop::Protocol(1000, "idle timeout".into()))
+                            return self
+                                .finish(Stop::Protocol(1000, "idle timeout".into()))
                                 .await;
                         }
                         idle_check = last_activity + self.params.idle_timeout;
                     }
-                    session.on_timer().await;
+                    Box::pin(session.on_timer()).await;
                 }
             }
         }
@@ -346,8 +400,13 @@ impl Conn {
     }
 
     /// Ends the connection: sends what is due (a close frame for protocol-level endings), waits
-    /// briefly for it to leave, and returns a description for the log.
-    async fn finish(&mut self, stop: Stop) -> String {
+    /// briefly for it to leave, and returns a description for the log. Boxed so its state does
+    /// not enlarge every connection's task.
+    fn finish(&mut self, stop: Stop) -> Pin<Box<dyn Future<Output = String> + Send + '_>> {
+        Box::pin(self.finish_inner(stop))
+    }
+
+    async fn finish_inner(&mut self, stop: Stop) -> String {
         match stop {
             Stop::Eof => "peer closed the connection".to_owned(),
             Stop::Io(e) => format!("io error: {e}"),

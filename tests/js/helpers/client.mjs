@@ -226,3 +226,6 @@ export function byteArray(x) {
   if (ArrayBuffer.isView(x)) return [...new Uint8Array(x.buffer, x.byteOffset, x.byteLength)]
   throw new Error(`not binary: ${Object.prototype.toString.call(x)}`)
 }
+
+// Re-exported so tests can import all waiting helpers from here.
+export { EventLog, waitFor, withTimeout, uniqueName } from './wait.mjs'
