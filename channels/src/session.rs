@@ -5,7 +5,7 @@
 //! transport also calls [`Session::on_timer`] at [`Session::next_deadline`] (token expiry, delayed
 //! join errors) and [`Session::close`] when the connection ends. No socket I/O happens here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,9 +36,11 @@ struct Channel {
     key: TopicKey,
     join_ref: Option<Ref>,
     ack: bool,
-    presence_key: String,
-    /// The token this channel is authorised by (join `access_token` or the connect token).
-    token: Arc<str>,
+    /// `config.presence.key`; `None` until needed when the client left it empty, then a UUID.
+    presence_key: Option<Box<str>>,
+    /// Hash of the token this channel is authorised by (join `access_token` or the connect
+    /// token), to recognise an unchanged `access_token` push without keeping the token itself.
+    token: u64,
     /// When that token expires.
     expires_at: Instant,
 }
@@ -50,9 +52,12 @@ pub struct Session {
     conn: ConnId,
     format: Format,
     outbox: Outbox,
-    connect_token: Arc<str>,
+    connect_token: u64,
     connect_principal: Principal,
-    channels: HashMap<String, Channel>,
+    /// Joined channels. A short vector rather than a map: most connections join one or two
+    /// topics and the limit is small, so a linear search is cheap and an idle connection
+    /// carries fewer bytes.
+    channels: Vec<Channel>,
     delayed: VecDeque<(Instant, OutFrame)>,
 }
 
@@ -96,6 +101,16 @@ fn binding_id(binding: &Value) -> u32 {
     h
 }
 
+/// Identifies a token without keeping it: JWTs are a few hundred bytes, and a session only needs
+/// to recognise "the same token again". A collision could only make the hub skip re-verifying a
+/// token and keep the channel's current, already verified authorisation.
+fn token_hash(token: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default).hash_one(token)
+}
+
 fn instant_of(exp: u64) -> Instant {
     let now = now_secs();
     Instant::now() + Duration::from_secs(exp.saturating_sub(now))
@@ -123,9 +138,9 @@ impl Session {
             node,
             format,
             outbox,
-            connect_token: connect_token.into(),
+            connect_token: token_hash(connect_token),
             connect_principal,
-            channels: HashMap::new(),
+            channels: Vec::new(),
             delayed: VecDeque::new(),
         }
     }
@@ -138,6 +153,11 @@ impl Session {
     /// The connection's wire format.
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    fn find(&self, topic: &str) -> Option<usize> {
+        let name = topic.strip_prefix(WIRE_PREFIX)?;
+        self.channels.iter().position(|c| c.key.name() == name)
     }
 
     /// Number of joined channels.
@@ -198,7 +218,7 @@ impl Session {
         if m.event == "phx_join" {
             return self.join(m).await;
         }
-        if !self.channels.contains_key(&m.topic) {
+        if self.find(&m.topic).is_none() {
             // Phoenix answers a leave of an unknown topic with ok, anything else with an error.
             if m.event == "phx_leave" {
                 self.reply(&m, "ok", "{}");
@@ -270,7 +290,7 @@ impl Session {
                 .or(payload.user_token.as_ref()),
         ) {
             Some(t) => match self.node.verifier.verify(t) {
-                Ok(p) => (Arc::<str>::from(t), p),
+                Ok(p) => (token_hash(t), p),
                 Err(e) => return self.join_error(&m, &e.reason()),
             },
             None => {
@@ -281,7 +301,7 @@ impl Session {
                     };
                     return self.join_error(&m, &e.reason());
                 }
-                (self.connect_token.clone(), self.connect_principal.clone())
+                (self.connect_token, self.connect_principal.clone())
             }
         };
         let broadcast = config.get("broadcast");
@@ -289,7 +309,7 @@ impl Session {
             Ok(c) => c,
             Err(reason) => return self.join_error(&m, &reason),
         };
-        let replacing = self.channels.contains_key(&m.topic);
+        let replacing = self.find(&m.topic).is_some();
         if !replacing && self.channels.len() >= self.node.config.max_channels {
             return self.join_error(&m, "ChannelRateLimitReached: Too many channels");
         }
@@ -301,9 +321,9 @@ impl Session {
         let presence = config.get("presence");
         let presence_enabled = flex_bool(presence.and_then(|p| p.get("enabled")));
         let presence_key = match presence.and_then(|p| p.get("key")) {
-            Some(Value::String(k)) if !k.is_empty() => k.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => uuid::Uuid::new_v4().to_string(),
+            Some(Value::String(k)) if !k.is_empty() => Some(k.as_str().into()),
+            Some(Value::Number(n)) => Some(n.to_string().into()),
+            _ => None,
         };
         let bindings: Vec<Value> = match config.get("postgres_changes") {
             Some(Value::Array(a)) => a
@@ -343,17 +363,18 @@ impl Session {
             .registry
             .join(&key, member, reply, catch_up.is_some());
         self.node.stats.joins.fetch_add(1, Ordering::Relaxed);
-        self.channels.insert(
-            m.topic.clone(),
-            Channel {
-                key: key.clone(),
-                join_ref: m.join_ref.clone(),
-                ack: flex_bool(broadcast.and_then(|b| b.get("ack"))),
-                presence_key,
-                expires_at: instant_of(principal.exp),
-                token,
-            },
-        );
+        if self.channels.capacity() == 0 {
+            // Most connections join one topic: do not let the first push reserve four slots.
+            self.channels.reserve_exact(1);
+        }
+        self.channels.push(Channel {
+            key: key.clone(),
+            join_ref: m.join_ref.clone(),
+            ack: flex_bool(broadcast.and_then(|b| b.get("ack"))),
+            presence_key,
+            expires_at: instant_of(principal.exp),
+            token,
+        });
         if joined.first_local
             && let Err(e) = self.node.broker.subscribe(&key).await
         {
@@ -416,7 +437,8 @@ impl Session {
     }
 
     async fn leave_channel(&mut self, topic: &str) -> Option<Channel> {
-        let ch = self.channels.remove(topic)?;
+        let i = self.find(topic)?;
+        let ch = self.channels.swap_remove(i);
         let left = self.node.registry.leave(&ch.key, self.conn);
         if left.last_local
             && let Err(e) = self.node.broker.unsubscribe(&ch.key).await
@@ -427,7 +449,7 @@ impl Session {
     }
 
     async fn broadcast(&mut self, m: Inbound) {
-        let Some(ch) = self.channels.get(&m.topic) else {
+        let Some(ch) = self.find(&m.topic).map(|i| &self.channels[i]) else {
             return;
         };
         let (key, ack) = (ch.key.clone(), ch.ack);
@@ -459,7 +481,7 @@ impl Session {
     }
 
     fn presence(&mut self, m: Inbound) {
-        let Some(ch) = self.channels.get(&m.topic) else {
+        let Some(i) = self.find(&m.topic) else {
             return;
         };
         let Body::Json(raw) = &m.body else {
@@ -483,12 +505,16 @@ impl Session {
                         return self.reply_reason(&m, "Presence track payload must be a map");
                     }
                 };
-                match registry.track(&ch.key, self.conn, &ch.presence_key, payload) {
+                let ch = &mut self.channels[i];
+                let key = ch
+                    .presence_key
+                    .get_or_insert_with(|| uuid::Uuid::new_v4().to_string().into());
+                match registry.track(&ch.key, self.conn, key, payload) {
                     Ok(()) => self.reply(&m, "ok", "{}"),
                     Err(_) => self.reply(&m, "error", "{}"),
                 }
             }
-            Some("untrack") => match registry.untrack(&ch.key, self.conn) {
+            Some("untrack") => match registry.untrack(&self.channels[i].key, self.conn) {
                 Ok(()) => self.reply(&m, "ok", "{}"),
                 Err(_) => self.reply(&m, "error", "{}"),
             },
@@ -502,15 +528,17 @@ impl Session {
         let Some(token) = token_value(value.get("access_token")) else {
             return;
         };
-        let Some(ch) = self.channels.get_mut(&m.topic) else {
+        let Some(i) = self.find(&m.topic) else {
             return;
         };
-        if *ch.token == *token {
+        let hash = token_hash(token);
+        if self.channels[i].token == hash {
             return;
         }
         match self.node.verifier.verify(token) {
             Ok(p) => {
-                ch.token = token.into();
+                let ch = &mut self.channels[i];
+                ch.token = hash;
                 ch.expires_at = instant_of(p.exp);
             }
             Err(e) => self.close_channel(&m.topic, &e.to_string()).await,
@@ -528,7 +556,7 @@ impl Session {
 
     /// The next moment [`Session::on_timer`] has work: a token expiry or a delayed reply.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let expiry = self.channels.values().map(|c| c.expires_at).min();
+        let expiry = self.channels.iter().map(|c| c.expires_at).min();
         let delayed = self.delayed.front().map(|(t, _)| *t);
         match (expiry, delayed) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -547,8 +575,8 @@ impl Session {
         let expired: Vec<(String, Instant)> = self
             .channels
             .iter()
-            .filter(|(_, c)| c.expires_at <= now)
-            .map(|(t, c)| (t.clone(), c.expires_at))
+            .filter(|c| c.expires_at <= now)
+            .map(|c| (c.key.wire(), c.expires_at))
             .collect();
         for (topic, at) in expired {
             let secs = now.saturating_duration_since(at).as_secs();
@@ -562,7 +590,7 @@ impl Session {
     /// may be full or closed).
     pub fn notices(&self, status: &str, message: &str) -> Vec<OutFrame> {
         self.channels
-            .values()
+            .iter()
             .map(|ch| system_frame(self.format, ch.join_ref.as_ref(), &ch.key, status, message))
             .collect()
     }
@@ -570,7 +598,7 @@ impl Session {
     /// Leaves every channel (presence leaves go out to the other members). Call once when the
     /// connection ends, whatever the reason.
     pub async fn close(&mut self) {
-        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        let topics: Vec<String> = self.channels.iter().map(|c| c.key.wire()).collect();
         for t in topics {
             self.leave_channel(&t).await;
         }
@@ -581,7 +609,7 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.node.stats.connections.fetch_sub(1, Ordering::Relaxed);
         // A transport that forgot `close()` must not leave members behind.
-        for ch in self.channels.values() {
+        for ch in &self.channels {
             self.node.registry.leave(&ch.key, self.conn);
         }
     }
