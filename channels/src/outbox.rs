@@ -107,10 +107,24 @@ struct State {
     /// The writer task, registered when it found nothing to do. A waker slot instead of a
     /// `Notify` so the writer needs no future per connection (see `hub::transport::ws_conn`).
     waker: Option<Waker>,
+    /// Whether the registered writer wants to hear about pushes (it is idle) or only about the
+    /// outbox closing (it is still writing earlier frames and will drain afterwards).
+    wake_on_push: bool,
 }
 
 impl State {
-    fn notify(&mut self) -> Option<Waker> {
+    /// Records a push; returns the writer to wake if it is waiting for one.
+    fn notify_push(&mut self) -> Option<Waker> {
+        self.notified = true;
+        if self.wake_on_push {
+            self.waker.take()
+        } else {
+            None
+        }
+    }
+
+    /// Records a close; the writer is woken whatever it waits for.
+    fn notify_close(&mut self) -> Option<Waker> {
         self.notified = true;
         self.waker.take()
     }
@@ -147,7 +161,7 @@ impl Outbox {
             st.closed = Some(CloseReason::Slow);
             st.frames.clear();
             st.bytes = 0;
-            let waker = st.notify();
+            let waker = st.notify_close();
             drop(st);
             if let Some(w) = waker {
                 w.wake();
@@ -157,7 +171,7 @@ impl Outbox {
         st.bytes += frame.len();
         st.frames.push_back(frame);
         // Only the first push after the writer registered needs to wake it; it drains them all.
-        let waker = st.notify();
+        let waker = st.notify_push();
         drop(st);
         if let Some(w) = waker {
             w.wake();
@@ -172,7 +186,7 @@ impl Outbox {
         if st.closed.is_none() {
             st.closed = Some(reason);
         }
-        let waker = st.notify();
+        let waker = st.notify_close();
         drop(st);
         if let Some(w) = waker {
             w.wake();
@@ -191,6 +205,23 @@ impl Outbox {
         if std::mem::take(&mut st.notified) {
             return Poll::Ready(());
         }
+        st.wake_on_push = true;
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Ready once the outbox is closed (slow reader or server close); otherwise registers the
+    /// task to be woken by the close only. For a writer that is still flushing earlier frames:
+    /// it must not drain more (that would move the bound from the outbox to its own buffer), but
+    /// it must notice an overflow even if the peer never reads again.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.lock();
+        if st.closed.is_some() {
+            return Poll::Ready(());
+        }
+        st.wake_on_push = false;
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             st.waker = Some(cx.waker().clone());
         }
@@ -295,6 +326,31 @@ mod tests {
             Some(CloseReason::Server { code: 1001, .. })
         ));
         assert_eq!(got, vec![text("bye")]);
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_close_ignores_pushes_but_sees_an_overflow() {
+        let o = Outbox::new(OutboxLimits {
+            max_frames: 1,
+            max_bytes: 1 << 20,
+        });
+        let closed = std::future::poll_fn(|cx| o.poll_closed(cx));
+        tokio::pin!(closed);
+        assert!(futures_poll(closed.as_mut()).is_pending());
+        o.push(text("a"));
+        assert!(
+            futures_poll(closed.as_mut()).is_pending(),
+            "a push is not a close"
+        );
+        o.push(text("b"));
+        tokio::time::timeout(Duration::from_secs(1), closed)
+            .await
+            .expect("the overflow must wake a writer waiting for close");
+    }
+
+    fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut Context::from_waker(waker))
     }
 
     #[tokio::test]

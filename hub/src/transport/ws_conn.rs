@@ -157,6 +157,11 @@ impl Conn {
                 if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
                     return Poll::Ready(r.map(|()| Event::Writable));
                 }
+                // Still writing: do not take more frames (the outbox is the bound), but notice
+                // an overflow even if the peer never reads again.
+                if outbox.poll_closed(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::Outbox));
+                }
             } else if outbox.poll_ready(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Outbox));
             }
@@ -237,6 +242,8 @@ impl Conn {
                     }
                 }
                 Event::Outbox => {
+                    // With bytes still unsent only a close wakes us (see `next_event`); the
+                    // queued frames are then discarded or sent after the pending bytes.
                     if let Some(reason) = outbox.drain(&mut frames) {
                         self.encode(&mut frames);
                         return self.finish_outbox(reason, session).await;
