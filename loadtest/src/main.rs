@@ -1,1 +1,96 @@
-fn main() {}
+//! `loadtest`: load generator for the hub's Supabase Realtime (Phoenix V2) WebSocket endpoint.
+//!
+//! Run `cargo build --release -p loadtest`, start the hub, then for example
+//!
+//! ```text
+//! HUB_JWT_SECRET=<secret> target/release/loadtest idle --conns 10000 --topics 100 \
+//!     --src-ips 127.0.0.1-127.0.0.20 --server-pid <hub pid> --duration 30s \
+//!     --expect-rss-per-conn 4096 --expect-rate 10000 --json idle.json
+//! HUB_JWT_SECRET=<secret> target/release/loadtest fanout --conns 1000 --rate 1000 --size 100 \
+//!     --duration 10s --src-ips 127.0.0.1-127.0.0.20 --server-pid <hub pid> \
+//!     --expect-p99 50 --expect-delivered 1 --expect-per-cpu 1000000 --json fanout.json
+//! ```
+//!
+//! `--help` on each scenario lists every flag. A run larger than one process's open-file limit
+//! is split: start each share with its own `--conns` (and `--publishers 0` for fanout's
+//! subscriber-only shares, same `--rate`/`--duration`/`--topics`/`--topic-prefix`), the process
+//! with the publisher last; `--url` takes a comma list to spread connections over several hubs.
+//!
+//! Start reading at [`scenarios`]; [`client`] is the WebSocket client, [`session`] one
+//! connection's life, [`report`] the output.
+//!
+//! Exit codes: 0 done and every `--expect-*` met, 1 the run could not be done, 2 bad usage,
+//! 3 an `--expect-*` threshold was missed, 130 interrupted by Ctrl-C (partial figures).
+
+mod args;
+mod client;
+mod clock;
+mod live;
+mod metrics;
+mod payload;
+mod phoenix;
+mod proc;
+mod progress;
+mod report;
+mod scenarios;
+mod session;
+mod target;
+mod token;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    if let Err(e) = args::validate(&cli.scenario) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match run(cli.scenario) {
+        Ok(Outcome::Passed) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(3),
+        Ok(Outcome::Interrupted) => ExitCode::from(130),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// How a completed run ended.
+enum Outcome {
+    /// Every `--expect-*` threshold was met.
+    Passed,
+    /// A threshold was missed.
+    Failed,
+    /// Ctrl-C cut it short.
+    Interrupted,
+}
+
+/// Runs the scenario, prints the table, writes the JSON.
+fn run(scenario: args::Scenario) -> anyhow::Result<Outcome> {
+    let common = scenario.common().clone();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = common.threads {
+        rt.worker_threads(n);
+    }
+    let report = rt
+        .build()
+        .context("starting the runtime")?
+        .block_on(scenarios::run(scenario))?;
+    print!("{}", report.table());
+    if let Some(path) = &common.json {
+        let text = serde_json::to_string_pretty(&report.to_json())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.interrupted() {
+        Outcome::Interrupted
+    } else if report.passed() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
+}

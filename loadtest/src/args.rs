@@ -1,0 +1,447 @@
+//! Command-line interface: `loadtest <scenario> [flags]`.
+//!
+//! Every scenario shares [`Common`] (where to connect, how many connections, how long, what to
+//! measure, what to expect) and adds its own knobs. The parsers for the less obvious values
+//! (address ranges, durations) are plain functions so they can be unit-tested.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Largest `--conns` one process accepts; far above what one process's open-file limit allows,
+/// it only guards against typos that would spawn millions of tasks.
+pub const MAX_CONNS: usize = 1_000_000;
+
+/// Largest number of messages one fan-out run may publish (`--rate` × `--duration`).
+pub const MAX_MESSAGES: u64 = 10_000_000;
+
+/// Memory one process may spend on per-subscriber "seen" bitsets.
+pub const MAX_SEEN_BYTES: u64 = 1 << 30;
+
+/// Largest `--size`: one message must fit in a single WebSocket frame the hub accepts.
+pub const MAX_SIZE: usize = 1 << 20;
+
+/// Longest run any scenario accepts, so a mistyped unit cannot hold connections for days.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// Load generator for the hub's Supabase Realtime (Phoenix V2) WebSocket endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The scenarios. Each one is bounded in connections, messages and time and stops by itself.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Open and join many idle connections; measure open/join rate and server RSS per connection.
+    Idle(IdleArgs),
+    /// One publisher, many subscribers: delivery ratio, publish→receive latency, server CPU.
+    Fanout(FanoutArgs),
+}
+
+impl Scenario {
+    /// The flags every scenario shares.
+    pub fn common(&self) -> &Common {
+        match self {
+            Self::Idle(a) => &a.common,
+            Self::Fanout(a) => &a.common,
+        }
+    }
+}
+
+/// Flags shared by every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// WebSocket endpoint(s), comma separated; connections are spread round-robin over them.
+    /// `apikey` and `vsn=2.0.0` are appended to the query.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:4000/realtime/v1/websocket"
+    )]
+    pub url: Vec<String>,
+
+    /// A ready JWT to send as `apikey`; otherwise one is minted from `--jwt-secret`.
+    #[arg(long, env = "HUB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// HS256 secret to mint the `apikey` JWT with (role `authenticated`).
+    #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Connections this process opens (subscribers, for fanout). Split larger runs over several
+    /// processes, each with its share.
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+
+    /// Number of topics the connections are spread over (`realtime:<prefix>-<k>`).
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+
+    /// Topic name prefix; processes sharing a run must use the same one.
+    #[arg(long, default_value = "loadtest")]
+    pub topic_prefix: String,
+
+    /// Connections being opened or joined at the same time. Keep it below the server's listen
+    /// backlog (128 with tokio's `TcpListener::bind`): connects beyond it overflow the SYN queue
+    /// and are retried by the kernel only after 1 s, which then dominates connect times.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+
+    /// How long to hold (idle) or publish (fanout), e.g. `10s`, `500ms`, `2m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Client source addresses, e.g. `127.0.0.1-127.0.0.20` or `127.0.0.2,127.0.0.3`; spreads
+    /// connections over more (source address, port) pairs than one address has.
+    #[arg(long, value_parser = parse_src_ips)]
+    pub src_ips: Option<SrcIps>,
+
+    /// Server process id(s) whose RSS and CPU are read from /proc (summed); repeat or comma list.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+
+    /// Also write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Fail (exit code 3) when the scenario's main latency p99 exceeds this many milliseconds
+    /// (fanout: publish→receive; idle: join).
+    #[arg(long)]
+    pub expect_p99: Option<f64>,
+
+    /// Fail (exit code 3) when delivered/expected (fanout) or joined/requested (idle) is below
+    /// this ratio, e.g. `1.0`.
+    #[arg(long)]
+    pub expect_delivered: Option<f64>,
+
+    /// Limit for TCP connect plus WebSocket handshake of one connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Limit for the `phx_join` reply of one connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+
+    /// Heartbeat period (the server closes connections silent for 60 s).
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Runtime worker threads (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Progress display: overwritten line on a terminal, plain lines otherwise.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Overwrite one line when stderr is a terminal, print plain lines otherwise.
+    Auto,
+    /// Always plain lines.
+    Plain,
+    /// No progress output.
+    Off,
+}
+
+/// Flags of the `idle` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Longest wait for the server's RSS to stop growing after the last join.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// Connections opened (and settled) before the measured ones, so the marginal RSS per
+    /// connection leaves out one-off costs (runtime threads, allocator arenas, table growth).
+    /// Default: a tenth of `--conns`; 0 measures from the server's state at start.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+
+    /// Fail (exit code 3) when server RSS growth per joined connection exceeds this many bytes.
+    #[arg(long)]
+    pub expect_rss_per_conn: Option<f64>,
+
+    /// Fail (exit code 3) when fewer connections than this opened and joined per second.
+    #[arg(long)]
+    pub expect_rate: Option<f64>,
+}
+
+/// Flags of the `fanout` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Shared flags (`--conns` is the number of subscribers).
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Messages per second published, in total over all topics (round-robin).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+
+    /// Payload size in bytes (the JSON text `{"t":…,"s":…,"p":"xx…"}`).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+
+    /// Publisher connections in this process: 1, or 0 to only subscribe (the publisher then runs
+    /// in another process with the same `--rate`, `--duration`, `--topics` and `--topic-prefix`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub publishers: u8,
+
+    /// How long to wait for stragglers after publishing ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Subscriber-only processes (`--publishers 0`): longest wait for the first message.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub start_timeout: Duration,
+
+    /// Broadcast event name.
+    #[arg(long, default_value = "lt")]
+    pub event: String,
+
+    /// Fail (exit code 3) when the server delivered fewer messages than this per CPU-second.
+    #[arg(long)]
+    pub expect_per_cpu: Option<f64>,
+}
+
+/// Client source addresses, used round-robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrcIps(pub Vec<IpAddr>);
+
+/// Most addresses one `--src-ips` value may expand to (a whole /16 of loopback).
+const MAX_SRC_IPS: usize = 65_536;
+
+/// Parses `A-B` (an inclusive IPv4 range), `A,B,C`, or a mix (`A-B,C`).
+pub fn parse_src_ips(s: &str) -> Result<SrcIps, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+            let (lo, hi) = (u32::from(a), u32::from(b));
+            if lo > hi {
+                return Err(format!("range {part} runs backwards"));
+            }
+            if (hi - lo) as usize >= MAX_SRC_IPS || out.len() + ((hi - lo) as usize) >= MAX_SRC_IPS
+            {
+                return Err(format!("more than {MAX_SRC_IPS} addresses"));
+            }
+            out.extend((lo..=hi).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+        } else {
+            let ip: IpAddr = part.parse().map_err(|e| format!("{part:?}: {e}"))?;
+            if out.len() >= MAX_SRC_IPS {
+                return Err(format!("more than {MAX_SRC_IPS} addresses"));
+            }
+            out.push(ip);
+        }
+    }
+    if out.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(SrcIps(out))
+}
+
+/// Parses `1.5s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional unit (ms, s, m, h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("{s:?}: out of range (0 to 24h)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Checks the limits clap cannot express; returns a message naming the flag.
+pub fn validate(scenario: &Scenario) -> Result<(), String> {
+    let c = scenario.common();
+    if c.conns == 0 && !matches!(scenario, Scenario::Fanout(f) if f.publishers > 0) {
+        return Err("--conns must be at least 1".into());
+    }
+    if c.conns > MAX_CONNS {
+        return Err(format!("--conns is at most {MAX_CONNS} per process"));
+    }
+    if c.topics == 0 || c.topics > c.conns.max(1) {
+        return Err("--topics must be between 1 and --conns".into());
+    }
+    if c.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    if c.url.is_empty() {
+        return Err("--url needs at least one endpoint".into());
+    }
+    if c.heartbeat.is_zero() {
+        return Err("--heartbeat must be positive".into());
+    }
+    if c.threads == Some(0) {
+        return Err("--threads must be at least 1".into());
+    }
+    if let Scenario::Fanout(f) = scenario {
+        if f.rate == 0 {
+            return Err("--rate must be at least 1".into());
+        }
+        let total = messages_total(f.rate, c.duration);
+        if total > MAX_MESSAGES {
+            return Err(format!(
+                "--rate × --duration is {total} messages; at most {MAX_MESSAGES} per run"
+            ));
+        }
+        if f.size > MAX_SIZE {
+            return Err(format!("--size is at most {MAX_SIZE} bytes"));
+        }
+        if f.event.is_empty() || f.event.len() > 255 {
+            return Err("--event must be 1 to 255 bytes".into());
+        }
+        // Each subscriber keeps one bit per message of its topic to find duplicates.
+        let bits_per_sub = total.div_ceil(c.topics as u64);
+        let bytes = bits_per_sub.div_ceil(8) * c.conns as u64;
+        if bytes > MAX_SEEN_BYTES {
+            return Err(format!(
+                "--conns × --rate × --duration / --topics needs {} MiB of duplicate-tracking bits; \
+                 at most {} MiB per process (split the run or shorten it)",
+                bytes >> 20,
+                MAX_SEEN_BYTES >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Messages a publisher sends in a run: `rate × duration`, rounded down.
+pub fn messages_total(rate: u64, duration: Duration) -> u64 {
+    (rate as f64 * duration.as_secs_f64()).floor() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_ranges_expand_inclusively() {
+        let ips = parse_src_ips("127.0.0.1-127.0.0.3").unwrap().0;
+        assert_eq!(
+            ips,
+            ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .to_vec()
+        );
+        let ips = parse_src_ips("127.0.0.250-127.0.1.1").unwrap().0;
+        assert_eq!(ips.len(), 8, "ranges cross octet boundaries");
+    }
+
+    #[test]
+    fn ip_lists_and_mixes() {
+        let ips = parse_src_ips("127.0.0.5, 127.0.0.7-127.0.0.8,::1")
+            .unwrap()
+            .0;
+        assert_eq!(ips.len(), 4);
+        assert_eq!(ips[3], "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_src_ips("127.0.0.9").unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn bad_ip_lists_are_refused() {
+        for bad in [
+            "",
+            ",",
+            "127.0.0.3-127.0.0.1",
+            "127.0.0.x",
+            "127.0.0.1-",
+            "10.0.0.0-10.255.255.255",
+        ] {
+            assert!(parse_src_ips(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["", "s", "10x", "-1s", "100h", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cli_parses_a_fanout_run() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "fanout",
+            "--conns",
+            "1000",
+            "--rate",
+            "1000",
+            "--size",
+            "100",
+            "--duration",
+            "10s",
+            "--src-ips",
+            "127.0.0.1-127.0.0.20",
+            "--server-pid",
+            "12,13",
+            "--url",
+            "ws://127.0.0.1:4000/realtime/v1/websocket,ws://127.0.0.1:4001/realtime/v1/websocket",
+            "--expect-p99",
+            "50",
+        ])
+        .unwrap();
+        let Scenario::Fanout(f) = &cli.scenario else {
+            panic!("fanout expected");
+        };
+        assert_eq!(f.common.conns, 1000);
+        assert_eq!(f.common.url.len(), 2);
+        assert_eq!(f.common.server_pid, vec![12, 13]);
+        assert_eq!(f.common.src_ips.as_ref().unwrap().0.len(), 20);
+        assert_eq!(f.common.expect_p99, Some(50.0));
+        assert!(validate(&cli.scenario).is_ok());
+    }
+
+    #[test]
+    fn validation_bounds_the_run() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["loadtest"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().scenario
+        };
+        assert!(validate(&parse(&["idle", "--conns", "0"])).is_err());
+        assert!(validate(&parse(&["idle", "--conns", "10", "--topics", "11"])).is_err());
+        assert!(validate(&parse(&["fanout", "--rate", "1000000", "--duration", "1h"])).is_err());
+        assert!(validate(&parse(&["fanout", "--size", "2000000"])).is_err());
+        assert!(validate(&parse(&["fanout", "--conns", "0"])).is_ok());
+        assert!(Cli::try_parse_from(["loadtest", "fanout", "--publishers", "2"]).is_err());
+    }
+
+    #[test]
+    fn totals_round_down() {
+        assert_eq!(messages_total(1000, Duration::from_secs(10)), 10_000);
+        assert_eq!(messages_total(3, Duration::from_millis(500)), 1);
+    }
+}

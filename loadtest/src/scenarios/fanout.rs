@@ -1,0 +1,437 @@
+//! `fanout`: `--conns` subscribers spread over `--topics`, one publisher sending `--rate`
+//! messages per second of `--size` bytes for `--duration`.
+//!
+//! Measures delivered/expected, duplicates and order, publish→receive latency (stamps in the
+//! payloads, one clock), deliveries per second, and the server CPU spent from the first publish
+//! until the last delivery, hence deliveries per server CPU-second.
+//!
+//! A run too large for one process is split: subscriber-only processes (`--publishers 0`) are
+//! started first with their share of `--conns`; one process with the publisher comes last.
+//! Every process needs the same `--rate`, `--duration`, `--topics` and `--topic-prefix`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::crowd::{self, Crowd};
+use super::publisher::{self, Plan, Published};
+use super::subscriber::Subscriber;
+use super::{Ctx, cpu_delta, rss};
+use crate::args::FanoutArgs;
+use crate::live::Live;
+use crate::metrics::{ShardedHist, Summary};
+use crate::proc::{self, Sample};
+use crate::progress::Progress;
+use crate::report::{Num, Report};
+use crate::session::{self, CLOSE_GRACE, End};
+use crate::{clock, phoenix};
+
+/// Initial read buffer of a subscriber: room for ~100 broadcasts of 100 B, so a task that falls
+/// behind catches up with few reads.
+const SUB_READ_BUF: usize = 16 * 1024;
+
+/// Initial read buffer of the publisher, which only gets heartbeat replies.
+const PUB_READ_BUF: usize = 1024;
+
+/// Latency histogram shards: comfortably more than the runtime's worker threads on the machines
+/// this runs on, so every thread records into its own.
+const LATENCY_SHARDS: usize = 16;
+
+/// How often delivery progress is checked while waiting for stragglers.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+/// Runs the scenario.
+pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
+    let c = &ctx.common;
+    let topics: Arc<Vec<String>> = Arc::new(
+        (0..c.topics)
+            .map(|k| phoenix::topic_name(&c.topic_prefix, k))
+            .collect(),
+    );
+    let plan = Plan::new(
+        topics.clone(),
+        args.rate,
+        c.duration,
+        args.size,
+        &args.event,
+    );
+    let progress = Progress::start(
+        c.progress,
+        ctx.live.clone(),
+        ctx.server.clone(),
+        (c.conns + usize::from(args.publishers)) as u64,
+    );
+    let server_start = ctx.server_sample();
+    let own_start = ctx.own_sample();
+
+    ctx.live.set_phase("subscribing");
+    let wire: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
+    let latency = Arc::new(ShardedHist::new(LATENCY_SHARDS)?);
+    let subs = (0..c.conns)
+        .map(|i| {
+            let k = i % topics.len();
+            Subscriber::new(wire[k].clone(), plan.per_topic(k), latency.clone())
+        })
+        .collect();
+    let mut crowd = Crowd::spawn(&ctx, 0, topics.clone(), SUB_READ_BUF, subs);
+    let opens = crowd.opened(crowd::open_limit(&ctx, c.conns)).await?;
+    let server_joined = ctx.server_sample();
+    let expected: u64 = opens
+        .per_topic
+        .iter()
+        .enumerate()
+        .map(|(k, n)| n * plan.per_topic(k))
+        .sum();
+
+    let mut report = Report::new("fanout");
+    let mut window = Window::default();
+    let mut publisher = None;
+    if args.publishers > 0 {
+        ctx.live.set_phase("joining publisher");
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let dial = ctx.dial(c.conns, PUB_READ_BUF);
+        match session::open(dial, &ctx.live, &names).await {
+            Ok((mut conn, _)) => {
+                Live::add(&ctx.live.joined, 1);
+                ctx.live.set_phase("publishing");
+                window.mark_start(&ctx);
+                let published =
+                    publisher::publish(&mut conn, &plan, &ctx.stop, &ctx.live, c.heartbeat).await;
+                window.start = Some(published.started);
+                window.start_ns = Some(published.started_ns);
+                window.publish_end = Some(published.started + published.elapsed);
+                window.cpu_publish_end = ctx.server_sample();
+                publisher = Some((conn, published));
+            }
+            Err(e) => report.error(format!("publisher: {e}"), 1),
+        }
+    } else {
+        ctx.live.set_phase("waiting for first message");
+        if let Some(first) = first_delivery(&ctx, args.start_timeout).await {
+            window.start = Some(first);
+            window.start_ns = Some(clock::now_ns());
+            window.mark_start(&ctx);
+            window.publish_end = Some(first + c.duration);
+        } else {
+            report.error("no message arrived within --start-timeout", 1);
+        }
+    }
+
+    if let Some(publish_end) = window.publish_end {
+        ctx.live.set_phase("draining");
+        let deadline = publish_end.max(Instant::now()) + args.grace;
+        window.drain_end = Some(drain(&ctx, expected, deadline).await);
+        window.mark_end(&ctx);
+    }
+
+    ctx.live.set_phase("closing");
+    ctx.stop.cancel();
+    let publisher_clean = match publisher.take() {
+        Some((conn, published)) => {
+            let clean = conn.close(CLOSE_GRACE).await;
+            window.published = Some(published);
+            clean
+        }
+        None => false,
+    };
+    let (members, lost) = crowd.finish().await;
+    progress.stop().await;
+    let server_end = ctx.server_sample();
+    let own_end = ctx.own_sample();
+
+    // Merge what every subscriber saw.
+    let latency = latency.merged()?;
+    let mut t = Totals::default();
+    for m in &members {
+        t.received += m.rx.received;
+        t.unique += m.rx.unique();
+        t.duplicates += m.rx.duplicates;
+        t.out_of_order += m.rx.out_of_order;
+        t.unexpected += m.rx.unexpected;
+        t.last_rx_ns = t.last_rx_ns.max(m.rx.last_rx_ns);
+        t.reads += m.rx.reads;
+        if let Some(end) = m.end.as_ref().filter(|e| **e != End::Cancelled) {
+            report.error(format!("subscriber dropped: {}", end.key()), 1);
+        }
+    }
+
+    let r = &mut report;
+    r.param("rate", args.rate);
+    r.param("size", args.size);
+    r.param("publishers", args.publishers);
+    r.param("grace_s", args.grace.as_secs_f64());
+    r.param("event", args.event.clone());
+    r.figure(
+        "subscribers_requested",
+        "subscribers requested",
+        Num::Int(c.conns as u64),
+        "",
+    );
+    r.figure(
+        "subscribers_joined",
+        "subscribers joined",
+        Num::Int(opens.joined),
+        "",
+    );
+    r.figure(
+        "subscribers_failed",
+        "subscribers failed",
+        Num::Int(opens.failed()),
+        "",
+    );
+    r.figure(
+        "open_join_rate",
+        "opened+joined per second",
+        Num::float(opens.rate()),
+        "conns/s",
+    );
+    r.figure(
+        "messages_planned",
+        "messages planned",
+        Num::Int(plan.total),
+        "msgs",
+    );
+    let sent = window
+        .published
+        .as_ref()
+        .map_or(Num::Missing, |p| Num::Int(p.sent));
+    r.figure("messages_sent", "messages published", sent, "msgs");
+    r.figure("expected", "deliveries expected", Num::Int(expected), "");
+    r.figure("delivered", "delivered (distinct)", Num::Int(t.unique), "");
+    let ratio = Num::ratio(t.unique, expected);
+    r.figure("delivered_ratio", "delivered / expected", ratio, "");
+    r.figure("received", "frames received", Num::Int(t.received), "");
+    r.figure("duplicates", "duplicates", Num::Int(t.duplicates), "");
+    r.figure("out_of_order", "out of order", Num::Int(t.out_of_order), "");
+    r.figure(
+        "frames_per_read",
+        "frames per subscriber socket read",
+        Num::float(t.received as f64 / t.reads as f64),
+        "",
+    );
+    r.figure(
+        "unexpected",
+        "unexpected frames",
+        Num::Int(t.unexpected),
+        "",
+    );
+    let publish_s = window
+        .published
+        .as_ref()
+        .map_or(Num::Missing, |p| Num::Float(p.elapsed.as_secs_f64()));
+    r.figure("publish_s", "publishing took", publish_s, "s");
+    let delivery_s = match window.start_ns {
+        Some(s) if t.last_rx_ns > s => Some((t.last_rx_ns - s) as f64 / 1e9),
+        _ => None,
+    };
+    r.figure(
+        "delivery_s",
+        "first publish to last delivery",
+        delivery_s.map_or(Num::Missing, Num::Float),
+        "s",
+    );
+    r.figure(
+        "deliveries_per_s",
+        "deliveries per second",
+        delivery_s.map_or(Num::Missing, |d| Num::float(t.unique as f64 / d)),
+        "msgs/s",
+    );
+    let cpu = cpu_delta(window.cpu_start, window.cpu_end);
+    r.figure("server_cpu_s", "server CPU, publish to drain", cpu, "s");
+    let drain_s = match (window.start, window.drain_end) {
+        (Some(s), Some(e)) => Some(e.saturating_duration_since(s).as_secs_f64()),
+        _ => None,
+    };
+    r.figure(
+        "server_cpu_pct",
+        "server CPU utilisation then",
+        match (cpu.as_f64(), drain_s) {
+            (Some(c), Some(d)) => Num::float(c / d * 100.0),
+            _ => Num::Missing,
+        },
+        "%",
+    );
+    r.figure(
+        "server_cpu_publish_s",
+        "server CPU while publishing",
+        cpu_delta(window.cpu_start, window.cpu_publish_end),
+        "s",
+    );
+    let per_cpu = cpu
+        .as_f64()
+        .map_or(Num::Missing, |c| Num::float(t.unique as f64 / c));
+    r.figure(
+        "deliveries_per_cpu_s",
+        "deliveries per server CPU-second",
+        per_cpu,
+        "msgs/cpu-s",
+    );
+    r.figure(
+        "client_cpu_window_s",
+        "loadtest CPU, publish to drain",
+        cpu_delta(window.own_start, window.own_end),
+        "s",
+    );
+    r.figure(
+        "other_cpu_s",
+        "other processes' CPU then",
+        window.other_cpu(),
+        "s",
+    );
+    r.figure(
+        "server_rss_start",
+        "server RSS at start",
+        rss(server_start),
+        "bytes",
+    );
+    r.figure(
+        "server_rss_joined",
+        "server RSS subscribers joined",
+        rss(server_joined),
+        "bytes",
+    );
+    r.figure(
+        "server_rss_drained",
+        "server RSS after delivery",
+        rss(window.cpu_end),
+        "bytes",
+    );
+    r.figure(
+        "server_rss_end",
+        "server RSS after close",
+        rss(server_end),
+        "bytes",
+    );
+    r.figure(
+        "client_cpu_s",
+        "loadtest CPU (whole run)",
+        cpu_delta(own_start, own_end),
+        "s",
+    );
+    let clean =
+        members.iter().filter(|m| m.closed_clean).count() as u64 + u64::from(publisher_clean);
+    r.figure(
+        "closed_clean",
+        "closes answered by server",
+        Num::Int(clean),
+        "",
+    );
+    r.latency("publish_receive", "publish→receive", Summary::of(&latency));
+    r.latency("connect", "connect+upgrade", Summary::of(&opens.connect));
+    r.latency("join", "join", Summary::of(&opens.join));
+    r.errors(&opens.errors);
+    if let Some(e) = window.published.as_ref().and_then(|p| p.error.clone()) {
+        r.error(e, 1);
+    }
+    r.error("task did not end in time", lost);
+
+    if let Some(limit) = c.expect_p99 {
+        let p99 = (!latency.is_empty()).then(|| Summary::of(&latency).p99_ms);
+        r.check("p99 publish→receive", p99, limit, true, " ms");
+    }
+    if let Some(limit) = c.expect_delivered {
+        r.check("delivered/expected", ratio.as_f64(), limit, false, "");
+    }
+    if let Some(limit) = args.expect_per_cpu {
+        r.check(
+            "deliveries per server CPU-second",
+            per_cpu.as_f64(),
+            limit,
+            false,
+            "",
+        );
+    }
+    Ok(report)
+}
+
+/// Times and samples bracketing the measured window.
+#[derive(Debug, Default)]
+struct Window {
+    /// First message due (or, without a local publisher, first message received).
+    start: Option<Instant>,
+    /// Last message written (or start plus `--duration`).
+    publish_end: Option<Instant>,
+    /// Every expected delivery arrived, or the grace period ran out.
+    drain_end: Option<Instant>,
+    /// `start` on [`clock`], to compare with the subscribers' receive times.
+    start_ns: Option<u64>,
+    /// Server figures at those moments.
+    cpu_start: Option<Sample>,
+    cpu_publish_end: Option<Sample>,
+    cpu_end: Option<Sample>,
+    /// Our own figures and the whole machine's busy time at start and end.
+    own_start: Option<Sample>,
+    own_end: Option<Sample>,
+    machine_start: Option<Duration>,
+    machine_end: Option<Duration>,
+    /// The local publisher's result.
+    published: Option<Published>,
+}
+
+impl Window {
+    fn mark_start(&mut self, ctx: &Ctx) {
+        self.cpu_start = ctx.server_sample();
+        self.own_start = ctx.own_sample();
+        self.machine_start = proc::machine_busy();
+    }
+
+    fn mark_end(&mut self, ctx: &Ctx) {
+        self.cpu_end = ctx.server_sample();
+        self.own_end = ctx.own_sample();
+        self.machine_end = proc::machine_busy();
+    }
+
+    /// CPU seconds other processes used during the window: the machine's busy time minus the
+    /// server's and ours. Large values mean the figures were taken on a busy machine.
+    fn other_cpu(&self) -> Num {
+        let (Some(a), Some(b)) = (self.machine_start, self.machine_end) else {
+            return Num::Missing;
+        };
+        let machine = b.saturating_sub(a).as_secs_f64();
+        match (
+            cpu_delta(self.cpu_start, self.cpu_end).as_f64(),
+            cpu_delta(self.own_start, self.own_end).as_f64(),
+        ) {
+            (Some(server), Some(own)) => Num::Float((machine - server - own).max(0.0)),
+            _ => Num::Missing,
+        }
+    }
+}
+
+/// Subscriber totals.
+#[derive(Debug, Default)]
+struct Totals {
+    received: u64,
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    unexpected: u64,
+    /// Socket reads by subscribers.
+    reads: u64,
+    /// Latest receive time over all subscribers, ns on [`clock`].
+    last_rx_ns: u64,
+}
+
+/// Waits until every expected delivery arrived (as the live counter sees it) or `deadline`;
+/// returns when it stopped.
+async fn drain(ctx: &Ctx, expected: u64, deadline: Instant) -> Instant {
+    loop {
+        let now = Instant::now();
+        if Live::get(&ctx.live.delivered) >= expected || now >= deadline || ctx.stop.is_cancelled()
+        {
+            return now;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Subscriber-only processes: waits for the first delivery (bounded).
+async fn first_delivery(ctx: &Ctx, limit: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && !ctx.stop.is_cancelled() {
+        if Live::get(&ctx.live.delivered) > 0 {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    None
+}

@@ -1,0 +1,207 @@
+//! The scenarios and what they share.
+//!
+//! A scenario is one file with `async fn run(&Args, Arc<Ctx>) -> Result<Report>`: it opens a
+//! [`crowd`] of connections, drives the run, and fills a [`Report`]. Adding one means a file
+//! here, a variant in [`crate::args::Scenario`] and an arm in [`run`]. The building blocks
+//! beside the scenarios: [`crowd`] (many connections, bounded opening), [`publisher`] (paced
+//! kind-3 broadcasts), [`subscriber`] (latency, duplicates and order per connection).
+
+pub mod crowd;
+pub mod fanout;
+pub mod idle;
+pub mod publisher;
+pub mod subscriber;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{Common, Scenario};
+use crate::live::Live;
+use crate::proc::{self, Procs, Sample};
+use crate::report::{Num, Report};
+use crate::session::Dial;
+use crate::target::Target;
+use crate::{clock, token};
+
+/// File descriptors a process needs beyond its connections (stdio, epoll, /proc reads, slack).
+const FD_RESERVE: u64 = 64;
+
+/// What every connection task of a run shares.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The flags shared by all scenarios.
+    pub common: Common,
+    /// Endpoints, used round-robin.
+    pub targets: Vec<Target>,
+    /// Source addresses, used round-robin (empty: let the kernel choose).
+    pub src_ips: Vec<IpAddr>,
+    /// Live counters for progress and end-of-phase waits.
+    pub live: Arc<Live>,
+    /// Tells every connection to close; fired at the end of a run or on Ctrl-C.
+    pub stop: CancellationToken,
+    /// Set when Ctrl-C cut the run short, so the report says so.
+    pub interrupted: AtomicBool,
+    /// The server processes, when `--server-pid` was given.
+    pub server: Option<Procs>,
+    /// This process, for the client's own CPU use.
+    pub own: Option<Procs>,
+    /// Distinguishes this process's masking-key seeds from other loadtest processes'.
+    seed_base: u64,
+}
+
+impl Ctx {
+    /// Resolves endpoints, mints or takes the token and checks the open-file limit.
+    pub fn new(common: &Common, extra_conns: usize) -> anyhow::Result<Arc<Self>> {
+        let token = match (&common.token, &common.jwt_secret) {
+            (Some(t), _) => t.clone(),
+            (None, Some(secret)) => token::mint(
+                secret.as_bytes(),
+                &format!("loadtest-{}", std::process::id()),
+                clock::unix_secs(),
+                common.duration.as_secs() + 600,
+            )?,
+            (None, None) => {
+                bail!("no credentials: pass --token or --jwt-secret (or HUB_JWT_SECRET)")
+            }
+        };
+        let targets = common
+            .url
+            .iter()
+            .map(|u| Target::parse(u, &token))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let needed = (common.conns + extra_conns) as u64 + FD_RESERVE;
+        if let Some(limit) = proc::open_files_limit() {
+            if needed > limit {
+                bail!(
+                    "{} connections need about {needed} open files but this process may open {limit}; \
+                     split the run over several loadtest processes (each with its share of --conns) \
+                     or raise `ulimit -n`",
+                    common.conns + extra_conns
+                );
+            }
+        }
+        let server = if common.server_pid.is_empty() {
+            None
+        } else {
+            Some(Procs::new(common.server_pid.clone()).context("--server-pid")?)
+        };
+        Ok(Arc::new(Self {
+            common: common.clone(),
+            targets,
+            src_ips: common
+                .src_ips
+                .as_ref()
+                .map(|s| s.0.clone())
+                .unwrap_or_default(),
+            live: Arc::new(Live::default()),
+            stop: CancellationToken::new(),
+            interrupted: AtomicBool::new(false),
+            server,
+            own: Procs::own().ok(),
+            seed_base: clock::now_ns() ^ (u64::from(std::process::id()) << 32),
+        }))
+    }
+
+    /// How connection number `index` dials: endpoints and source addresses round-robin.
+    pub fn dial(&self, index: usize, read_buf: usize) -> Dial<'_> {
+        let src = (!self.src_ips.is_empty()).then(|| self.src_ips[index % self.src_ips.len()]);
+        Dial {
+            target: &self.targets[index % self.targets.len()],
+            src,
+            connect_timeout: self.common.connect_timeout,
+            join_timeout: self.common.join_timeout,
+            read_buf,
+            seed: self
+                .seed_base
+                .wrapping_add((index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+        }
+    }
+
+    /// The server's figures now, if watched (a vanished process reads as not measured).
+    pub fn server_sample(&self) -> Option<Sample> {
+        self.server.as_ref().and_then(|p| p.sample().ok())
+    }
+
+    /// This process's figures now.
+    pub fn own_sample(&self) -> Option<Sample> {
+        self.own.as_ref().and_then(|p| p.sample().ok())
+    }
+
+    /// Sleeps for `d` unless the run is stopped first; returns false when stopped.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+}
+
+/// Runs one scenario to its end (or Ctrl-C) and returns its report.
+pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
+    clock::init();
+    let extra = match &scenario {
+        Scenario::Fanout(f) => usize::from(f.publishers),
+        Scenario::Idle(_) => 0,
+    };
+    let ctx = Ctx::new(scenario.common(), extra)?;
+    let on_signal = ctx.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: closing connections and reporting what was measured");
+            on_signal.interrupted.store(true, Ordering::Relaxed);
+            on_signal.stop.cancel();
+        }
+    });
+    let mut report = match &scenario {
+        Scenario::Idle(a) => idle::run(a, ctx.clone()).await?,
+        Scenario::Fanout(a) => fanout::run(a, ctx.clone()).await?,
+    };
+    add_common(&mut report, &ctx);
+    Ok(report)
+}
+
+/// Parameters every report carries.
+fn add_common(report: &mut Report, ctx: &Ctx) {
+    let c = &ctx.common;
+    report.param("urls", c.url.clone());
+    report.param("conns", c.conns);
+    report.param("topics", c.topics);
+    report.param("topic_prefix", c.topic_prefix.clone());
+    report.param("concurrency", c.concurrency);
+    report.param("duration_s", c.duration.as_secs_f64());
+    report.param("src_ips", ctx.src_ips.len());
+    report.param("server_pids", c.server_pid.clone());
+    report.param("pid", std::process::id());
+    if ctx.interrupted.load(Ordering::Relaxed) {
+        report.set_interrupted();
+    }
+}
+
+/// RSS difference in bytes (may be negative when the server returned memory).
+pub fn rss_delta(before: Option<Sample>, after: Option<Sample>) -> Num {
+    match (before, after) {
+        (Some(b), Some(a)) => Num::Float(a.rss as f64 - b.rss as f64),
+        _ => Num::Missing,
+    }
+}
+
+/// CPU seconds between two samples.
+pub fn cpu_delta(before: Option<Sample>, after: Option<Sample>) -> Num {
+    match (before, after) {
+        (Some(b), Some(a)) => Num::Float(a.cpu.saturating_sub(b.cpu).as_secs_f64()),
+        _ => Num::Missing,
+    }
+}
+
+/// An RSS sample as a figure.
+pub fn rss(sample: Option<Sample>) -> Num {
+    sample.map_or(Num::Missing, |s| Num::Int(s.rss))
+}
