@@ -44,7 +44,7 @@ async fn flood_until_slow_close(tweak: impl FnOnce(&mut hub::Config)) -> Flooded
     good.join_ok(TOPIC, json!({})).await;
     let mut publisher = WsClient::connect(&hub, Vsn::V2, &anon()).await;
     publisher.join_ok(TOPIC, json!({})).await;
-    assert_eq!(hub.state.node.stats.connections.load(Ordering::Relaxed), 3);
+    assert_eq!(hub.state.node.connections.len() as u64, 3);
 
     // Flood in batches, letting the good member read each batch before the next one, so only
     // the slow reader falls behind. Bounded: at most 400 batches of 8 × 16 KiB.
@@ -155,17 +155,17 @@ async fn stalled_reader_is_dropped_without_its_cooperation() {
     } = flood_until_slow_close(|cfg| cfg.idle_timeout = Duration::from_secs(1)).await;
     let topic = channels::TopicKey::new("life", false).unwrap();
     let registry = &hub.state.node.registry;
-    let connections = &hub.state.node.stats.connections;
+    let connections = &hub.state.node.connections;
     // Everyone heartbeats so the (1 s) idle timeout cannot decide the question; the stalled
     // reader never reads its replies. Bounded: 5 s.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while registry.member_count(&topic) != 2 || connections.load(Ordering::Relaxed) != 2 {
+    while registry.member_count(&topic) != 2 || connections.len() != 2 {
         assert!(
             Instant::now() < deadline,
             "5 s after its outbox overflowed, the stalled reader is still connected and a \
              member: members={} (expected 2), connections={} (expected 2)",
             registry.member_count(&topic),
-            connections.load(Ordering::Relaxed)
+            connections.len()
         );
         slow.heartbeat().await;
         good.assert_alive("the good member, heartbeating").await;

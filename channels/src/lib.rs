@@ -12,7 +12,8 @@
 //! - [`registry`]: local members of each topic; fan-out without awaiting.
 //! - [`broker`]: the `Broker` trait and the in-memory default.
 //! - [`auth`]: the verified identity and the token-verifier seam.
-//! - [`node`], [`session`]: shared node state and one connection's protocol state machine.
+//! - [`node`], [`session`]: shared node state and one connection's protocol state machine;
+//!   [`connections`]: every open connection, so the node can close them all.
 //!
 //! This crate depends on no web framework, database or Redis client: transports live in `hub`,
 //! backends in `store`.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod broker;
 pub mod codec;
+pub mod connections;
 pub mod cursor;
 pub mod envelope;
 pub mod history;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, MemoryBroker};
+use crate::connections::Connections;
 use crate::outbox::OutboxLimits;
 use crate::registry::{ConnId, Registry};
 
@@ -45,8 +46,6 @@ impl Default for NodeConfig {
 /// Process-wide counters (exported as metrics by the hub).
 #[derive(Debug, Default)]
 pub struct NodeStats {
-    /// Connections open now.
-    pub connections: AtomicU64,
     /// Successful joins since start.
     pub joins: AtomicU64,
     /// Messages received from clients since start.
@@ -66,6 +65,8 @@ pub struct Node {
     pub config: NodeConfig,
     /// Counters.
     pub stats: NodeStats,
+    /// Every open connection.
+    pub connections: Connections,
     next_conn: AtomicU64,
 }
 
@@ -95,6 +96,7 @@ impl Node {
             verifier,
             config,
             stats: NodeStats::default(),
+            connections: Connections::default(),
             next_conn: AtomicU64::new(1),
         })
     }

@@ -45,6 +45,8 @@ impl OutFrame {
 pub enum CloseReason {
     /// The reader did not keep up and a bound was hit.
     Slow,
+    /// The hub is shutting down: the client is told and reconnects elsewhere or later.
+    Shutdown,
     /// Closed by the server for another reason (shutdown, protocol error), with a close code and
     /// a reason text for the close frame.
     Server {

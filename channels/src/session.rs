@@ -132,9 +132,10 @@ impl Session {
         connect_token: &str,
         connect_principal: Principal,
     ) -> Self {
-        node.stats.connections.fetch_add(1, Ordering::Relaxed);
+        let conn = node.next_conn_id();
+        node.connections.register(conn, &outbox);
         Self {
-            conn: node.next_conn_id(),
+            conn,
             node,
             format,
             outbox,
@@ -607,7 +608,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.node.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        self.node.connections.unregister(self.conn);
         // A transport that forgot `close()` must not leave members behind.
         for ch in &self.channels {
             self.node.registry.leave(&ch.key, self.conn);

@@ -5,7 +5,6 @@ use clap::Parser;
 use hub::auth::DevTokens;
 use hub::config::LogFormat;
 use hub::{AppState, Config};
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,9 +21,8 @@ async fn main() -> anyhow::Result<()> {
             dev.secret
         }
     };
-    let listener = TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("binding {}", config.addr))?;
+    let listener =
+        hub::server::bind(config.addr).with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let state = AppState::memory(config, &secret);
     // Tests and scripts wait for exactly this line.

@@ -10,13 +10,33 @@ use std::future::Future;
 use std::io;
 use std::time::Duration;
 
+use channels::CloseReason;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::routes::router;
 use crate::state::AppState;
+
+/// Pending-connection queue length. tokio's `TcpListener::bind` uses 128, which overflows when
+/// thousands of clients reconnect at once (the kernel then drops SYNs and clients retry after a
+/// second); the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a deep accept queue (see [`LISTEN_BACKLOG`]).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,7 +74,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    tracing::info!("shutting down: closing connections");
+    let open = state.node.connections.close_all(CloseReason::Shutdown);
+    tracing::info!(connections = open, "shutting down: closing connections");
     state.shutdown.cancel();
     state.tasks.close();
     let drain = state.config.drain_timeout;

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
-use std::sync::atomic::Ordering;
 
 use crate::state::AppState;
 
@@ -11,7 +10,7 @@ use crate::state::AppState;
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
-        "connections": state.node.stats.connections.load(Ordering::Relaxed),
+        "connections": state.node.connections.len(),
         "topics": state.node.registry.topic_count(),
     }))
 }

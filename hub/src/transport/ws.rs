@@ -139,7 +139,6 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
             session,
             outbox,
             params,
-            st.shutdown.clone(),
         )
         .await;
     });

@@ -27,7 +27,6 @@ use channels::ws_frame::{self, Assembler, FrameError, Message, Opcode, Role};
 use channels::{Format, OutFrame, Outbox, Session};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Size of the per-thread read buffer.
 const SCRATCH_LEN: usize = 64 * 1024;
@@ -39,7 +38,24 @@ const READ_BUDGET: usize = 256 * 1024;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 thread_local! {
+    /// Read buffer shared by every connection served on this thread (never held across `.await`).
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+    /// Write buffer shared the same way: a batch is encoded here and written at once.
+    static WSCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Encodes `frames` as unmasked WebSocket frames at the end of `out`.
+fn encode_frames(out: &mut Vec<u8>, frames: &mut Vec<OutFrame>) {
+    let total: usize = frames.iter().map(|f| f.len() + 10).sum();
+    out.reserve(total);
+    for f in frames.drain(..) {
+        let (op, bytes) = match &f {
+            OutFrame::Text(b) => (Opcode::Text, b),
+            OutFrame::Binary(b) => (Opcode::Binary, b),
+        };
+        ws_frame::write_header(out, op, bytes.len(), None);
+        out.extend_from_slice(bytes);
+    }
 }
 
 /// Per-connection settings.
@@ -104,7 +120,6 @@ pub fn run(
     session: Session,
     outbox: Outbox,
     params: ConnParams,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     let conn = Conn {
         stream,
@@ -116,12 +131,11 @@ pub fn run(
         wpos: 0,
         got_control: false,
     };
-    conn.run(session, outbox, shutdown)
+    conn.run(session, outbox)
 }
 
 /// What woke the connection task.
 enum Event {
-    Shutdown,
     Readable,
     Writable,
     Outbox,
@@ -129,8 +143,8 @@ enum Event {
 }
 
 impl Conn {
-    async fn run(mut self, mut session: Session, outbox: Outbox, shutdown: CancellationToken) {
-        let outcome = self.drive(&mut session, &outbox, &shutdown).await;
+    async fn run(mut self, mut session: Session, outbox: Outbox) {
+        let outcome = self.drive(&mut session, &outbox).await;
         session.close().await;
         tracing::debug!(conn = session.conn_id(), ?outcome, "websocket closed");
     }
@@ -139,17 +153,12 @@ impl Conn {
     /// branch (as `select!` would): those futures would live in every idle connection's task.
     fn next_event<'a>(
         &'a self,
-        cancelled: Pin<&'a mut WaitForCancellationFuture<'_>>,
         sleep: Pin<&'a mut tokio::time::Sleep>,
         outbox: &'a Outbox,
     ) -> impl Future<Output = io::Result<Event>> + 'a {
-        let mut cancelled = cancelled;
         let mut sleep = sleep;
         let want_write = !self.wbuf.is_empty();
         std::future::poll_fn(move |cx| {
-            if cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Event::Shutdown));
-            }
             if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
                 return Poll::Ready(r.map(|()| Event::Readable));
             }
@@ -172,20 +181,13 @@ impl Conn {
         })
     }
 
-    async fn drive(
-        &mut self,
-        session: &mut Session,
-        outbox: &Outbox,
-        shutdown: &CancellationToken,
-    ) -> String {
+    async fn drive(&mut self, session: &mut Session, outbox: &Outbox) -> String {
         let mut msgs: Vec<Inbound> = Vec::new();
         let mut frames: Vec<OutFrame> = Vec::new();
         let mut last_activity = Instant::now();
         let mut idle_check = last_activity + self.params.idle_timeout;
         let sleep = tokio::time::sleep_until(idle_check);
         tokio::pin!(sleep);
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
 
         // Frames the client sent right behind its upgrade request.
         if !self.rbuf.is_empty() {
@@ -211,20 +213,12 @@ impl Conn {
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            let event = self
-                .next_event(cancelled.as_mut(), sleep.as_mut(), outbox)
-                .await;
+            let event = self.next_event(sleep.as_mut(), outbox).await;
             let event = match event {
                 Ok(e) => e,
                 Err(e) => return self.finish(Stop::Io(e)).await,
             };
             match event {
-                Event::Shutdown => {
-                    self.queue_notices(session, "ok", "Server requested disconnect");
-                    return self
-                        .finish(Stop::Protocol(1001, "server shutting down".into()))
-                        .await;
-                }
                 Event::Readable => {
                     let res = self.read_available(&mut msgs);
                     if !msgs.is_empty() || self.got_control {
@@ -248,8 +242,7 @@ impl Conn {
                         self.encode(&mut frames);
                         return self.finish_outbox(reason, session).await;
                     }
-                    self.encode(&mut frames);
-                    if let Err(e) = self.flush() {
+                    if let Err(e) = self.send(&mut frames) {
                         return self.finish(Stop::Io(e)).await;
                     }
                 }
@@ -354,18 +347,43 @@ impl Conn {
         }
     }
 
-    /// Appends `frames` to the write buffer as WebSocket frames.
+    /// Appends `frames` to the pending write buffer (used when bytes are already waiting).
     fn encode(&mut self, frames: &mut Vec<OutFrame>) {
-        let total: usize = frames.iter().map(|f| f.len() + 10).sum();
-        self.wbuf.reserve(total);
-        for f in frames.drain(..) {
-            let (op, bytes) = match &f {
-                OutFrame::Text(b) => (Opcode::Text, b),
-                OutFrame::Binary(b) => (Opcode::Binary, b),
-            };
-            ws_frame::write_header(&mut self.wbuf, op, bytes.len(), None);
-            self.wbuf.extend_from_slice(bytes);
+        encode_frames(&mut self.wbuf, frames);
+    }
+
+    /// Writes `frames` now: encoded into the thread's scratch buffer and written with one system
+    /// call; only what the socket does not take is copied into the connection's own buffer.
+    /// Falls back to appending when earlier bytes are still pending, to keep the order.
+    fn send(&mut self, frames: &mut Vec<OutFrame>) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.encode(frames);
+            return self.flush().map(|_| ());
         }
+        WSCRATCH.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            encode_frames(&mut buf, frames);
+            let mut pos = 0;
+            while pos < buf.len() {
+                match self.stream.try_write(&buf[pos..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if pos < buf.len() {
+                self.wbuf.extend_from_slice(&buf[pos..]);
+                self.wpos = 0;
+            }
+            // Keep a typical batch's capacity for the next connection on this thread, not a
+            // one-off burst of megabytes.
+            if buf.capacity() > SCRATCH_LEN * 4 {
+                *buf = Vec::new();
+            }
+            Ok(())
+        })
     }
 
     /// Writes as much of the buffer as the socket takes. `Ok(true)` when everything went out.
@@ -400,6 +418,10 @@ impl Conn {
                      reconnect and resume from your last cursor",
                 );
                 Stop::Protocol(4008, "slow reader: outbox overflow".into())
+            }
+            CloseReason::Shutdown => {
+                self.queue_notices(session, "ok", "Server requested disconnect");
+                Stop::Protocol(1001, "server shutting down".into())
             }
             CloseReason::Server { code, reason } => Stop::Protocol(code, reason),
         };
