@@ -487,3 +487,34 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use channels::{Format, Outbox, Principal, Session};
+
+    /// The connection task's future lives as long as the connection, so its size is part of the
+    /// memory every idle connection costs (README: per-connection RSS). This guards the budget:
+    /// large or rarely used state belongs behind a `Box` (see `finish`, `handle`).
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let state = crate::AppState::memory(crate::Config::for_tests("s"), "s");
+        let outbox = Outbox::new(state.node.config.outbox);
+        let principal = Principal {
+            role: "anon".into(),
+            sub: None,
+            exp: u64::MAX,
+        };
+        let session = Session::new(state.node.clone(), Format::V2, outbox.clone(), "t", principal);
+        let params = super::ConnParams {
+            idle_timeout: std::time::Duration::from_secs(1),
+            max_frame: 1000,
+        };
+        let fut = super::run(server, bytes::Bytes::new(), session, outbox, params);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1536, "connection future grew to {size} bytes");
+    }
+}
