@@ -205,15 +205,21 @@ impl Conn {
             }
         }
 
+        // The timer only needs re-arming after the session or the idle check changed; writes,
+        // the common event under load, leave it alone (each check touches cold cache lines).
+        let mut rearm = true;
         loop {
-            let deadline = match session.next_deadline() {
-                Some(d) => d.min(idle_check),
-                None => idle_check,
-            };
-            if sleep.deadline() != deadline {
-                sleep.as_mut().reset(deadline);
+            if rearm {
+                let deadline = match session.next_deadline() {
+                    Some(d) => d.min(idle_check),
+                    None => idle_check,
+                };
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
             }
             let event = self.next_event(sleep.as_mut(), outbox).await;
+            rearm = matches!(event, Ok(Event::Readable | Event::Timer));
             let event = match event {
                 Ok(e) => e,
                 Err(e) => return self.finish(Stop::Io(e)).await,
@@ -508,7 +514,13 @@ mod tests {
             sub: None,
             exp: u64::MAX,
         };
-        let session = Session::new(state.node.clone(), Format::V2, outbox.clone(), "t", principal);
+        let session = Session::new(
+            state.node.clone(),
+            Format::V2,
+            outbox.clone(),
+            "t",
+            principal,
+        );
         let params = super::ConnParams {
             idle_timeout: std::time::Duration::from_secs(1),
             max_frame: 1000,
