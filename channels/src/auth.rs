@@ -14,6 +14,8 @@ pub struct Principal {
     pub sub: Option<String>,
     /// JWT `exp`, seconds since the Unix epoch.
     pub exp: u64,
+    /// JWT `share_session`: the build session a share-token exchange granted read access to.
+    pub share_session: Option<uuid::Uuid>,
 }
 
 impl Principal {

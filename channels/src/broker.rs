@@ -88,6 +88,8 @@ struct TopicHistory {
 pub struct MemoryBroker {
     registry: Arc<Registry>,
     capacity: usize,
+    /// History size per topic kind where it differs from `capacity` (build timelines keep more).
+    kind_capacity: HashMap<String, usize>,
     shards: Vec<Mutex<HashMap<TopicKey, Arc<Mutex<TopicHistory>>>>>,
 }
 
@@ -125,8 +127,15 @@ impl MemoryBroker {
         Self {
             registry,
             capacity,
+            kind_capacity: HashMap::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    /// Keeps `capacity` messages for topics of `kind` (`build` for `build:…`).
+    pub fn with_kind_capacity(mut self, kind: &str, capacity: usize) -> Self {
+        self.kind_capacity.insert(kind.to_owned(), capacity);
+        self
     }
 
     fn history_of(&self, topic: &TopicKey) -> Arc<Mutex<TopicHistory>> {
@@ -136,8 +145,13 @@ impl MemoryBroker {
         shard
             .entry(topic.clone())
             .or_insert_with(|| {
+                let capacity = topic
+                    .kind()
+                    .and_then(|k| self.kind_capacity.get(k))
+                    .copied()
+                    .unwrap_or(self.capacity);
                 Arc::new(Mutex::new(TopicHistory {
-                    ring: HistoryRing::new(new_epoch(), self.capacity),
+                    ring: HistoryRing::new(new_epoch(), capacity),
                     last_used: Instant::now(),
                 }))
             })
@@ -208,6 +222,71 @@ impl Broker for MemoryBroker {
         let history = self.history_of(topic);
         let h = lock(&history);
         Ok(h.ring.since_time(since_ms, limit))
+    }
+}
+
+/// Sends each topic kind to its own broker: durable kinds (build timelines) to Postgres, the rest
+/// to the fast default. Every publication of one topic goes to one broker, so a topic has one
+/// cursor space.
+#[derive(Debug)]
+pub struct KindRouter {
+    routes: HashMap<String, Arc<dyn Broker>>,
+    default: Arc<dyn Broker>,
+}
+
+impl KindRouter {
+    /// Routes everything to `default` until [`KindRouter::route`] says otherwise.
+    pub fn new(default: Arc<dyn Broker>) -> Self {
+        Self {
+            routes: HashMap::new(),
+            default,
+        }
+    }
+
+    /// Sends topics of `kind` to `broker`.
+    pub fn route(mut self, kind: &str, broker: Arc<dyn Broker>) -> Self {
+        self.routes.insert(kind.to_owned(), broker);
+        self
+    }
+
+    fn of(&self, topic: &TopicKey) -> &Arc<dyn Broker> {
+        topic
+            .kind()
+            .and_then(|k| self.routes.get(k))
+            .unwrap_or(&self.default)
+    }
+}
+
+#[async_trait]
+impl Broker for KindRouter {
+    async fn publish(&self, publication: Publication) -> Result<Option<Cursor>, BrokerError> {
+        self.of(&publication.topic).publish(publication).await
+    }
+
+    async fn history(
+        &self,
+        topic: &TopicKey,
+        since: &Since,
+        limit: usize,
+    ) -> Result<Recovery, BrokerError> {
+        self.of(topic).history(topic, since, limit).await
+    }
+
+    async fn replay(
+        &self,
+        topic: &TopicKey,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Envelope>>, BrokerError> {
+        self.of(topic).replay(topic, since_ms, limit).await
+    }
+
+    async fn subscribe(&self, topic: &TopicKey) -> Result<(), BrokerError> {
+        self.of(topic).subscribe(topic).await
+    }
+
+    async fn unsubscribe(&self, topic: &TopicKey) -> Result<(), BrokerError> {
+        self.of(topic).unsubscribe(topic).await
     }
 }
 

@@ -11,7 +11,9 @@
 //! - [`presence`], [`history`]: per-topic presence state and history ring, pure data.
 //! - [`registry`]: local members of each topic; fan-out without awaiting.
 //! - [`broker`]: the `Broker` trait and the in-memory default.
-//! - [`auth`]: the verified identity and the token-verifier seam.
+//! - [`auth`]: the verified identity and the token-verifier seam; [`kinds`]: who may read, write
+//!   and track presence on each kind of topic.
+//! - [`sessions`]: build sessions and timelines (seed 004) and their in-memory store.
 //! - [`node`], [`session`]: shared node state and one connection's protocol state machine;
 //!   [`connections`]: every open connection, so the node can close them all.
 //!
@@ -27,11 +29,13 @@ pub mod connections;
 pub mod cursor;
 pub mod envelope;
 pub mod history;
+pub mod kinds;
 pub mod node;
 pub mod outbox;
 pub mod presence;
 pub mod registry;
 pub mod session;
+pub mod sessions;
 pub mod topic;
 pub mod ws_frame;
 

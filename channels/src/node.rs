@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::auth::TokenVerifier;
 use crate::broker::{Broker, MemoryBroker};
 use crate::connections::Connections;
+use crate::kinds::Kinds;
 use crate::outbox::OutboxLimits;
 use crate::registry::{ConnId, Registry};
 
@@ -61,6 +62,8 @@ pub struct Node {
     pub broker: Arc<dyn Broker>,
     /// Verifies tokens of joins and `access_token` pushes.
     pub verifier: Arc<dyn TokenVerifier>,
+    /// Who may read, write and track presence, per topic kind.
+    pub kinds: Kinds,
     /// Protocol limits.
     pub config: NodeConfig,
     /// Counters.
@@ -79,21 +82,23 @@ impl Node {
     ) -> (Arc<Self>, Arc<MemoryBroker>) {
         let registry = Arc::new(Registry::new(config.outbox.max_frames));
         let broker = Arc::new(MemoryBroker::new(registry.clone(), history_size));
-        let node = Self::new(config, verifier, registry, broker.clone());
+        let node = Self::new(config, verifier, registry, broker.clone(), Kinds::default());
         (node, broker)
     }
 
-    /// A node over any broker delivering to `registry`.
+    /// A node over any broker delivering to `registry`, authorising with `kinds`.
     pub fn new(
         config: NodeConfig,
         verifier: Arc<dyn TokenVerifier>,
         registry: Arc<Registry>,
         broker: Arc<dyn Broker>,
+        kinds: Kinds,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry,
             broker,
             verifier,
+            kinds,
             config,
             stats: NodeStats::default(),
             connections: Connections::default(),

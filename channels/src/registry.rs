@@ -52,6 +52,11 @@ struct Slot {
     /// `Some` while the member catches up from history: live messages wait here, in order.
     /// Bounded by the outbox's frame limit; beyond it the member is closed as a slow reader.
     pending: Option<Vec<Arc<Envelope>>>,
+    /// After a catch-up, the last message the member got from history: a live copy of it (or of
+    /// anything before it) that arrives later is skipped. A backend's history can be ahead of
+    /// its live feed (Postgres: a committed row the feed has not read yet). Cleared once live
+    /// delivery passes it.
+    floor: Option<Cursor>,
 }
 
 #[derive(Debug, Default)]
@@ -270,6 +275,7 @@ impl Registry {
         st.slots.push(Slot {
             member,
             pending: catch_up.then(Vec::new),
+            floor: None,
         });
         Joined { first_local }
     }
@@ -308,6 +314,7 @@ impl Registry {
         let pending = slot.pending.take().unwrap_or_default();
         let member = slot.member.clone();
         let mut last = after.cloned();
+        let st = &mut *st;
         let replayed = history.iter().map(|e| (e, true));
         let live = pending.iter().map(|e| (e, false));
         for (env, replayed) in replayed.chain(live) {
@@ -323,6 +330,9 @@ impl Registry {
             if let Some(frame) = Encoded::new(env, replayed).frame(member.format) {
                 self.push(&member, frame);
             }
+        }
+        if let Some(slot) = st.slot_mut(conn) {
+            slot.floor = last;
         }
         Ok(())
     }
@@ -364,10 +374,19 @@ impl Registry {
         // line between cores on every delivery.
         let (mut queued, mut overflowed) = (0u64, 0u64);
         for slot in st.slots.iter_mut() {
-            let m = &slot.member;
-            if origin == Some(m.conn) && !m.broadcast_self {
+            if origin == Some(slot.member.conn) && !slot.member.broadcast_self {
                 continue;
             }
+            if let Some(floor) = &slot.floor
+                && let Some(c) = &env.cursor
+                && c.epoch == floor.epoch
+            {
+                if c.offset <= floor.offset {
+                    continue;
+                }
+                slot.floor = None;
+            }
+            let m = &slot.member;
             if let Some(pending) = &mut slot.pending {
                 if pending.len() >= pending_limit {
                     m.outbox.close(crate::outbox::CloseReason::Slow);
@@ -429,6 +448,41 @@ impl Registry {
             self.fan_out_diff(topic, &st, &diff);
         }
         Ok(())
+    }
+
+    /// Tracks presence for a member that is not a connection of this node: a server-side actor
+    /// such as the build simulator's architect. `member` must not collide with connection ids
+    /// (take one from `Node::next_conn_id`).
+    pub fn track_detached(
+        &self,
+        topic: &TopicKey,
+        member: MemberId,
+        key: &str,
+        payload: PresencePayload,
+    ) {
+        let mut shard = lock(self.shard(topic));
+        let entry = shard.entry(topic.clone()).or_default().clone();
+        let mut st = lock(&entry.state);
+        drop(shard);
+        let phx_ref = self.refs.next();
+        if let Some(diff) = st.presence.track(member, key, payload, phx_ref) {
+            self.fan_out_diff(topic, &st, &diff);
+        }
+    }
+
+    /// Removes a detached member's presence (see [`Registry::track_detached`]).
+    pub fn untrack_detached(&self, topic: &TopicKey, member: MemberId) {
+        let mut shard = lock(self.shard(topic));
+        let Some(entry) = shard.get(topic).cloned() else {
+            return;
+        };
+        let mut st = lock(&entry.state);
+        if let Some(diff) = st.presence.untrack(member) {
+            self.fan_out_diff(topic, &st, &diff);
+        }
+        if st.is_unused() {
+            shard.remove(topic);
+        }
     }
 
     fn fan_out_diff(&self, topic: &TopicKey, st: &TopicState, diff: &Diff) {
@@ -558,6 +612,22 @@ mod tests {
     }
 
     #[test]
+    fn live_copies_of_history_are_skipped_after_catch_up() {
+        // A backend whose history is ahead of its live feed: the member gets 1..=3 from history,
+        // then the feed delivers 2, 3 (already seen) and 4.
+        let r = Registry::new(100);
+        let m = member(1, Format::V1, false);
+        r.join(&topic(), m.clone(), reply(), true);
+        r.finish_catch_up(&topic(), 1, &[env(1), env(2), env(3)], None)
+            .unwrap();
+        for i in 2..=4 {
+            r.deliver(&env(i), None);
+        }
+        r.deliver(&env(5), None);
+        assert_eq!(offsets(&drain(&m)), vec![1, 2, 3, 4, 5]);
+    }
+
+    #[test]
     fn catch_up_buffer_is_bounded() {
         let r = Registry::new(2);
         let m = member(1, Format::V1, false);
@@ -645,6 +715,37 @@ mod tests {
         assert_eq!(got[0][3], "presence_state");
         assert_eq!(got[0][4], json!({}));
         assert_eq!(got[1][3], "presence_diff");
+    }
+
+    #[test]
+    fn detached_presence_reaches_members_and_leaves() {
+        let r = Registry::new(100);
+        let viewer = member(1, Format::V2, true);
+        r.join(&topic(), viewer.clone(), reply(), false);
+        drain(&viewer);
+        r.track_detached(
+            &topic(),
+            900,
+            "architect",
+            json!({"step": "plan"}).as_object().cloned().unwrap(),
+        );
+        let got = presence_events(&drain(&viewer));
+        assert_eq!(got[0][4]["joins"]["architect"]["metas"][0]["step"], "plan");
+        r.untrack_detached(&topic(), 900);
+        let got = presence_events(&drain(&viewer));
+        assert!(got[0][4]["leaves"]["architect"].is_object());
+        // A late joiner of a topic with only a detached member still gets its state.
+        r.leave(&topic(), 1);
+        r.track_detached(
+            &topic(),
+            900,
+            "architect",
+            json!({"step": "x"}).as_object().cloned().unwrap(),
+        );
+        let late = member(2, Format::V2, true);
+        r.join(&topic(), late.clone(), reply(), false);
+        let got = presence_events(&drain(&late));
+        assert_eq!(got[0][4]["architect"]["metas"][0]["step"], "x");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::broker::Publication;
 use crate::codec::{self, Body, Format, Inbound, Outbound, Ref, json_string, reply_payload};
 use crate::cursor::Since;
 use crate::envelope::{MAX_EVENT_LEN, Payload};
+use crate::kinds::Access;
 use crate::node::Node;
 use crate::outbox::{OutFrame, Outbox};
 use crate::registry::{ConnId, Member};
@@ -43,6 +44,8 @@ struct Channel {
     token: u64,
     /// When that token expires.
     expires_at: Instant,
+    /// Who the channel acts as (the token's claims), for write and presence checks.
+    principal: Arc<Principal>,
 }
 
 /// The state of one connection.
@@ -53,7 +56,7 @@ pub struct Session {
     format: Format,
     outbox: Outbox,
     connect_token: u64,
-    connect_principal: Principal,
+    connect_principal: Arc<Principal>,
     /// Joined channels. A short vector rather than a map: most connections join one or two
     /// topics and the limit is small, so a linear search is cheap and an idle connection
     /// carries fewer bytes.
@@ -140,7 +143,7 @@ impl Session {
             format,
             outbox,
             connect_token: token_hash(connect_token),
-            connect_principal,
+            connect_principal: Arc::new(connect_principal),
             channels: Vec::new(),
             delayed: VecDeque::new(),
         }
@@ -236,7 +239,7 @@ impl Session {
                 }
             }
             "broadcast" => self.broadcast(m).await,
-            "presence" => self.presence(m),
+            "presence" => self.presence(m).await,
             "access_token" => self.access_token(m).await,
             other => {
                 let reason = format!(
@@ -291,7 +294,7 @@ impl Session {
                 .or(payload.user_token.as_ref()),
         ) {
             Some(t) => match self.node.verifier.verify(t) {
-                Ok(p) => (token_hash(t), p),
+                Ok(p) => (token_hash(t), Arc::new(p)),
                 Err(e) => return self.join_error(&m, &e.reason()),
             },
             None => {
@@ -305,6 +308,14 @@ impl Session {
                 (self.connect_token, self.connect_principal.clone())
             }
         };
+        if let Err(denied) = self
+            .node
+            .kinds
+            .authorize(&principal, &key, Access::Read)
+            .await
+        {
+            return self.join_error(&m, &denied.0);
+        }
         let broadcast = config.get("broadcast");
         let catch_up = match parse_catch_up(broadcast, &self.node.config) {
             Ok(c) => c,
@@ -375,6 +386,7 @@ impl Session {
             presence_key,
             expires_at: instant_of(principal.exp),
             token,
+            principal,
         });
         if joined.first_local
             && let Err(e) = self.node.broker.subscribe(&key).await
@@ -453,7 +465,7 @@ impl Session {
         let Some(ch) = self.find(&m.topic).map(|i| &self.channels[i]) else {
             return;
         };
-        let (key, ack) = (ch.key.clone(), ch.ack);
+        let (key, ack, principal) = (ch.key.clone(), ch.ack, ch.principal.clone());
         let (event, payload) = match extract_broadcast(&m.body) {
             Ok(x) => x,
             Err(reason) => return self.reply_reason(&m, reason),
@@ -464,6 +476,14 @@ impl Session {
         if payload.len() > self.node.config.max_payload_bytes {
             // The ack error realtime-js resolves as 'error' (PROTOCOL §3.2).
             return self.reply(&m, "error", r#"{"error":"payload_size_exceeded"}"#);
+        }
+        if let Err(denied) = self
+            .node
+            .kinds
+            .authorize(&principal, &key, Access::Write)
+            .await
+        {
+            return self.reply_reason(&m, &denied.0);
         }
         let publication = Publication {
             topic: key.clone(),
@@ -481,7 +501,7 @@ impl Session {
         }
     }
 
-    fn presence(&mut self, m: Inbound) {
+    async fn presence(&mut self, m: Inbound) {
         let Some(i) = self.find(&m.topic) else {
             return;
         };
@@ -496,7 +516,6 @@ impl Session {
         let Ok(push) = serde_json::from_str::<PresencePush>(raw.get()) else {
             return self.reply_reason(&m, "Presence message must be an object");
         };
-        let registry = &self.node.registry;
         match push.event.map(|e| e.to_lowercase()).as_deref() {
             Some("track") => {
                 let payload = match push.payload {
@@ -506,6 +525,19 @@ impl Session {
                         return self.reply_reason(&m, "Presence track payload must be a map");
                     }
                 };
+                let (topic, principal) = (
+                    self.channels[i].key.clone(),
+                    self.channels[i].principal.clone(),
+                );
+                if let Err(denied) = self
+                    .node
+                    .kinds
+                    .authorize(&principal, &topic, Access::Presence)
+                    .await
+                {
+                    return self.reply_reason(&m, &denied.0);
+                }
+                let registry = &self.node.registry;
                 let ch = &mut self.channels[i];
                 let key = ch
                     .presence_key
@@ -515,7 +547,7 @@ impl Session {
                     Err(_) => self.reply(&m, "error", "{}"),
                 }
             }
-            Some("untrack") => match registry.untrack(&self.channels[i].key, self.conn) {
+            Some("untrack") => match self.node.registry.untrack(&self.channels[i].key, self.conn) {
                 Ok(()) => self.reply(&m, "ok", "{}"),
                 Err(_) => self.reply(&m, "error", "{}"),
             },
@@ -538,9 +570,25 @@ impl Session {
         }
         match self.node.verifier.verify(token) {
             Ok(p) => {
+                // New claims may carry fewer rights (RLS re-evaluation in the real server).
+                let key = self.channels[i].key.clone();
+                if self
+                    .node
+                    .kinds
+                    .authorize(&p, &key, Access::Read)
+                    .await
+                    .is_err()
+                {
+                    let message = format!(
+                        "You no longer have permission to read from this Channel topic: {}",
+                        key.name()
+                    );
+                    return self.close_channel(&m.topic, &message).await;
+                }
                 let ch = &mut self.channels[i];
                 ch.token = hash;
                 ch.expires_at = instant_of(p.exp);
+                ch.principal = Arc::new(p);
             }
             Err(e) => self.close_channel(&m.topic, &e.to_string()).await,
         }

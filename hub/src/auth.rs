@@ -69,6 +69,10 @@ impl TokenVerifier for JwtVerifier {
             role: role.to_owned(),
             sub: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
             exp,
+            share_session: claims
+                .get("share_session")
+                .and_then(Value::as_str)
+                .and_then(|s| uuid::Uuid::parse_str(s).ok()),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use channels::{NodeConfig, OutboxLimits};
 use clap::Parser;
+use store::StoreConfig;
 
 /// The hub's configuration.
 #[derive(Debug, Clone, Parser)]
@@ -23,6 +24,20 @@ pub struct Config {
     /// and development tokens are printed.
     #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Postgres URL. When set, build sessions and `build:` topics are stored in Postgres (migrations
+    /// are applied at start); when unset, everything lives in memory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Delete outbox rows older than this (Postgres only).
+    #[arg(long, env = "HUB_OUTBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub outbox_retention: Duration,
+
+    /// Cache build-session ownership lookups this long (a deleted session stops being readable
+    /// within this time).
+    #[arg(long, env = "HUB_OWNERSHIP_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ownership_ttl: Duration,
 
     /// Close a WebSocket that sends nothing (not even a heartbeat) for this long.
     #[arg(long, env = "HUB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -85,6 +100,17 @@ impl Config {
         c.jwt_secret = Some(secret.to_owned());
         c.join_error_delay = Duration::ZERO;
         c
+    }
+
+    /// The backend settings derived from this configuration.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            database_url: self.database_url.clone(),
+            history_size: self.history_size,
+            ownership_ttl: self.ownership_ttl,
+            outbox_retention: self.outbox_retention,
+            ..StoreConfig::default()
+        }
     }
 
     /// The channel protocol limits derived from this configuration.

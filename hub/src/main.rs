@@ -24,7 +24,9 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         hub::server::bind(config.addr).with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let state = AppState::memory(config, &secret);
+    let state = AppState::connect(config, &secret)
+        .await
+        .context("starting the backends")?;
     // Tests and scripts wait for exactly this line.
     println!("hub listening on http://{addr}");
     hub::serve(listener, state, shutdown).await?;
@@ -33,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

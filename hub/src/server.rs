@@ -89,6 +89,7 @@ pub async fn serve(
         );
     }
     evictor.abort();
+    state.backends.close().await;
     Ok(())
 }
 
@@ -115,13 +116,13 @@ async fn serve_http(tcp: TcpStream, app: axum::Router, state: AppState) {
     }
 }
 
-/// Periodically forgets idle topics' in-memory history (see `MemoryBroker::evict_idle`).
+/// Periodically forgets idle topics' in-memory history (see `MemoryBroker::evict_idle`) and,
+/// with Postgres, outbox rows past their retention.
 async fn evict_history(state: AppState) {
-    let Some(memory) = state.backends.memory.clone() else {
-        return;
-    };
+    let memory = state.backends.memory.clone();
     let ttl = state.config.history_ttl;
     let every = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -130,7 +131,26 @@ async fn evict_history(state: AppState) {
                 if n > 0 {
                     tracing::debug!(topics = n, "evicted idle topic history");
                 }
+                if let Some(pg) = &state.backends.postgres
+                    && prune_due(&mut last_prune)
+                {
+                    match store::pg::prune_outbox(&pg.pool, pg.retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "pruned outbox rows past retention"),
+                        Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
+                    }
+                }
             }
         }
     }
+}
+
+/// Outbox pruning runs at most every ten minutes.
+fn prune_due(last: &mut Option<tokio::time::Instant>) -> bool {
+    let now = tokio::time::Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(600)) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }

@@ -513,6 +513,7 @@ mod tests {
             role: "anon".into(),
             sub: None,
             exp: u64::MAX,
+            share_session: None,
         };
         let session = Session::new(
             state.node.clone(),

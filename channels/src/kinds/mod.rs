@@ -1,0 +1,105 @@
+//! Channel kinds: who may read, write and track presence on a topic, decided by its prefix
+//! (DESIGN §3). One file per kind; [`Kinds`] maps a topic to its kind.
+//!
+//! Every transport asks here (joins, broadcasts, presence, REST broadcasts, later SSE and
+//! terminals), so authorisation lives in one place per kind.
+
+mod build;
+mod room;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use build::BuildKind;
+pub use room::RoomKind;
+
+use crate::auth::Principal;
+use crate::topic::TopicKey;
+
+/// What a principal wants to do on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Join and receive.
+    Read,
+    /// Broadcast.
+    Write,
+    /// Track presence.
+    Presence,
+}
+
+/// A refusal, with the reason the client sees (`Unauthorized: …`, Supabase's wording).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
+impl Denied {
+    /// The standard refusal for `access` on `topic`.
+    pub fn unauthorized(access: Access, topic: &TopicKey) -> Self {
+        let what = match access {
+            Access::Read => "read from",
+            Access::Write => "write to",
+            Access::Presence => "track presence on",
+        };
+        Self(format!(
+            "Unauthorized: You do not have permissions to {what} this Channel topic: {}",
+            topic.name()
+        ))
+    }
+}
+
+/// The rules of one kind of topic.
+#[async_trait]
+pub trait ChannelKind: Send + Sync + fmt::Debug + 'static {
+    /// Whether `principal` may do `access` on `topic`.
+    async fn authorize(
+        &self,
+        principal: &Principal,
+        topic: &TopicKey,
+        access: Access,
+    ) -> Result<(), Denied>;
+}
+
+/// Kinds by topic prefix, with a default for unprefixed or unknown prefixes.
+#[derive(Debug, Clone)]
+pub struct Kinds {
+    by_prefix: HashMap<String, Arc<dyn ChannelKind>>,
+    default: Arc<dyn ChannelKind>,
+}
+
+impl Default for Kinds {
+    fn default() -> Self {
+        Self {
+            by_prefix: HashMap::new(),
+            default: Arc::new(RoomKind),
+        }
+    }
+}
+
+impl Kinds {
+    /// Registers `kind` for topics `<prefix>:…`.
+    pub fn with(mut self, prefix: &str, kind: Arc<dyn ChannelKind>) -> Self {
+        self.by_prefix.insert(prefix.to_owned(), kind);
+        self
+    }
+
+    /// The kind of `topic`.
+    pub fn of(&self, topic: &TopicKey) -> &Arc<dyn ChannelKind> {
+        topic
+            .kind()
+            .and_then(|k| self.by_prefix.get(k))
+            .unwrap_or(&self.default)
+    }
+
+    /// Whether `principal` may do `access` on `topic`.
+    pub async fn authorize(
+        &self,
+        principal: &Principal,
+        topic: &TopicKey,
+        access: Access,
+    ) -> Result<(), Denied> {
+        self.of(topic).authorize(principal, topic, access).await
+    }
+}

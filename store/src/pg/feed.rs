@@ -1,0 +1,291 @@
+//! The feed: one LISTEN connection per node, reading new outbox rows and delivering them to the
+//! local registry.
+//!
+//! NOTIFY is only a wake-up. After every wake-up, every reconnect, and on a slow timer, the feed
+//! reads the rows after the last id it has seen, in id order, in batches. The outbox (not the
+//! notification) is the source of truth, so a dropped listener or a Postgres restart loses
+//! nothing: the next read starts where the last one ended.
+//!
+//! **Late commits.** Ids come from a sequence when a row is inserted, but transactions commit in
+//! any order, so a read can see id 7 while id 6 is still uncommitted. The feed remembers such
+//! gaps and looks for them again on every read. A gap is given up only when every transaction
+//! that could have allocated it has ended: the gap was seen under a snapshot whose `xmax` bounds
+//! the allocating transaction's id, and once a later snapshot's `xmin` passes that bound the
+//! transaction has committed (and its row was read) or rolled back (and the id never appears).
+//! Delivering id 7 before a late id 6 never breaks a topic's order: messages of one topic are
+//! numbered under a row lock held until commit (see the `hub_outbox` migration), so a late row
+//! always belongs to another topic than any row already delivered after it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use channels::{Cursor, Envelope, Registry, TopicKey};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgPool, Row};
+
+use super::broker::payload_of;
+
+/// Rows read per query.
+const BATCH: i64 = 500;
+/// How often to look for gaps (ids seen missing) while there are any: a rolled-back publisher
+/// never notifies, so a timer resolves its gap.
+const GAP_POLL: Duration = Duration::from_millis(50);
+/// Safety read even without notifications (a missed wake-up costs at most this much delay).
+const IDLE_POLL: Duration = Duration::from_secs(2);
+/// Most remembered gaps; beyond this the oldest are given up (logged).
+const MAX_GAPS: usize = 100_000;
+/// On start, ids this far below the newest are checked for uncommitted rows.
+const START_LOOKBACK: i64 = 10_000;
+
+/// Counters of the feed (exported as metrics by the hub).
+#[derive(Debug, Default)]
+pub struct FeedStats {
+    /// Rows delivered.
+    pub rows: AtomicU64,
+    /// Rows that committed after a later id had been read (delivered from the gap list).
+    pub late_rows: AtomicU64,
+    /// Gaps given up (rolled-back or never-inserted ids).
+    pub gaps_closed: AtomicU64,
+    /// Listener reconnects.
+    pub reconnects: AtomicU64,
+    /// Milliseconds between a row's commit-time `created_at` and its delivery, last row.
+    pub lag_ms: AtomicU64,
+}
+
+/// The feed of one node.
+#[derive(Debug)]
+pub struct Feed {
+    pool: PgPool,
+    url: String,
+    registry: Arc<Registry>,
+    epoch: Arc<str>,
+    node_id: Arc<str>,
+    /// Counters.
+    pub stats: Arc<FeedStats>,
+}
+
+/// The feed's position: everything up to `last` was read, except `gaps` (id → the `xmax` of
+/// the snapshot that saw it missing).
+#[derive(Debug, Default)]
+struct Position {
+    last: i64,
+    gaps: BTreeMap<i64, i64>,
+}
+
+impl Feed {
+    /// A feed over `pool`, listening with its own connection to `url`.
+    pub fn new(
+        pool: PgPool,
+        url: String,
+        registry: Arc<Registry>,
+        epoch: Arc<str>,
+        node_id: Arc<str>,
+    ) -> Self {
+        Self {
+            pool,
+            url,
+            registry,
+            epoch,
+            node_id,
+            stats: Arc::new(FeedStats::default()),
+        }
+    }
+
+    /// Runs until the task is dropped or aborted. Never returns an error: connection problems
+    /// are retried with backoff, and the position survives them.
+    pub async fn run(self) {
+        let mut pos = loop {
+            match self.start_position().await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "feed: reading the start position failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut listener = match self.listen().await {
+                Ok(l) => {
+                    backoff = Duration::from_millis(100);
+                    l
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "feed: LISTEN failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            // Catch up on everything committed while we were not listening.
+            self.read_all(&mut pos).await;
+            loop {
+                let wait = if pos.gaps.is_empty() {
+                    IDLE_POLL
+                } else {
+                    GAP_POLL
+                };
+                match tokio::time::timeout(wait, listener.try_recv()).await {
+                    // Woken (or timed out): read whatever is new.
+                    Ok(Ok(Some(_))) | Err(_) => {}
+                    // The connection dropped; sqlx reconnects on the next call, and we catch up.
+                    Ok(Ok(None)) => {
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("feed: listener connection lost; reconnecting");
+                        self.read_all(&mut pos).await;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "feed: listener failed; reconnecting");
+                        break;
+                    }
+                }
+                self.read_all(&mut pos).await;
+            }
+        }
+    }
+
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect(&self.url).await?;
+        listener.listen("hub_outbox").await?;
+        Ok(listener)
+    }
+
+    /// Starts at the newest row; recent missing ids below it may still be uncommitted, so they
+    /// start out as gaps.
+    async fn start_position(&self) -> Result<Position, sqlx::Error> {
+        let row = sqlx::query(
+            "select coalesce(max(id), 0) as last,
+                    pg_snapshot_xmax(pg_current_snapshot())::text::int8 as xmax
+             from hub.outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let last: i64 = row.try_get("last")?;
+        let xmax: i64 = row.try_get("xmax")?;
+        let present: Vec<i64> =
+            sqlx::query_scalar("select id from hub.outbox where id > $1 order by id")
+                .bind(last - START_LOOKBACK)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut gaps = BTreeMap::new();
+        let mut expected = (last - START_LOOKBACK).max(0) + 1;
+        for id in present {
+            while expected < id {
+                gaps.insert(expected, xmax);
+                expected += 1;
+            }
+            expected = id + 1;
+        }
+        Ok(Position { last, gaps })
+    }
+
+    /// Reads until a batch comes back short. Errors are logged and retried on the next wake-up
+    /// or timer; the position only moves past rows that were delivered.
+    async fn read_all(&self, pos: &mut Position) {
+        loop {
+            match self.read_batch(pos).await {
+                Ok(full) if full => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "feed: reading the outbox failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One query: rows after `last` plus any gap that has since committed, in id order, with
+    /// the snapshot's bounds. Returns whether the batch was full.
+    async fn read_batch(&self, pos: &mut Position) -> Result<bool, sqlx::Error> {
+        let gaps: Vec<i64> = pos.gaps.keys().copied().collect();
+        let rows = sqlx::query(
+            "with s as (select pg_current_snapshot() as snap)
+             select o.id, o.topic, o.private, o.seq, o.event, o.payload::text as payload,
+                    o.payload_bytes, o.origin,
+                    (extract(epoch from o.created_at) * 1000)::int8 as ms,
+                    pg_snapshot_xmin(s.snap)::text::int8 as xmin,
+                    pg_snapshot_xmax(s.snap)::text::int8 as xmax
+             from s left join lateral (
+               select * from hub.outbox where id > $1 or id = any($2) order by id limit $3
+             ) o on true",
+        )
+        .bind(pos.last)
+        .bind(&gaps)
+        .bind(BATCH)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut snapshot = (0i64, 0i64);
+        let mut read = 0;
+        for row in &rows {
+            snapshot = (row.try_get("xmin")?, row.try_get("xmax")?);
+            let Some(id) = row.try_get::<Option<i64>, _>("id")? else {
+                continue;
+            };
+            read += 1;
+            if pos.gaps.remove(&id).is_some() {
+                self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
+            } else if id > pos.last {
+                for missing in pos.last + 1..id {
+                    pos.gaps.insert(missing, snapshot.1);
+                }
+                pos.last = id;
+            } else {
+                continue;
+            }
+            self.deliver(row)?;
+        }
+        // Gaps whose possible writers have all ended will never fill.
+        let (xmin, _) = snapshot;
+        let before = pos.gaps.len();
+        pos.gaps.retain(|_, xmax| *xmax > xmin);
+        let closed = before - pos.gaps.len();
+        if closed > 0 {
+            self.stats
+                .gaps_closed
+                .fetch_add(closed as u64, Ordering::Relaxed);
+        }
+        while pos.gaps.len() > MAX_GAPS {
+            if let Some((id, _)) = pos.gaps.pop_first() {
+                tracing::warn!(id, "feed: too many open gaps; giving up the oldest");
+            }
+        }
+        Ok(read >= BATCH as usize)
+    }
+
+    fn deliver(&self, row: &PgRow) -> Result<(), sqlx::Error> {
+        let topic: String = row.try_get("topic")?;
+        let private: bool = row.try_get("private")?;
+        let Ok(topic) = TopicKey::new(&topic, private) else {
+            tracing::warn!(topic, "feed: skipping a row whose topic cannot be joined");
+            return Ok(());
+        };
+        let seq: i64 = row.try_get("seq")?;
+        let event: String = row.try_get("event")?;
+        let json: Option<String> = row.try_get("payload")?;
+        let bytes: Option<Vec<u8>> = row.try_get("payload_bytes")?;
+        let origin: Option<String> = row.try_get("origin")?;
+        let ms: i64 = row.try_get("ms")?;
+        let origin = origin.and_then(|o| {
+            let (node, conn) = o.rsplit_once(':')?;
+            (node == &*self.node_id)
+                .then(|| conn.parse().ok())
+                .flatten()
+        });
+        let env = Arc::new(Envelope {
+            topic,
+            event: event.into(),
+            payload: payload_of(json, bytes),
+            cursor: Some(Cursor::new(self.epoch.clone(), seq.max(0) as u64)),
+            time_ms: ms.max(0) as u64,
+        });
+        self.registry.deliver(&env, origin);
+        self.stats.rows.fetch_add(1, Ordering::Relaxed);
+        let lag = channels::envelope::now_ms().saturating_sub(env.time_ms);
+        self.stats.lag_ms.store(lag, Ordering::Relaxed);
+        Ok(())
+    }
+}
