@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use crate::cursor::{Cursor, Since};
 use crate::envelope::{Envelope, Payload, now_ms};
 use crate::history::{HistoryRing, Recovery};
+use crate::presence::{MemberId, PresencePayload};
 use crate::registry::{ConnId, Registry};
 use crate::topic::TopicKey;
 
@@ -72,6 +73,27 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// The last local member left `topic`.
     async fn unsubscribe(&self, _topic: &TopicKey) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// A local member tracked presence (already applied to the local registry): share it with
+    /// the other nodes. Single-node brokers need nothing.
+    async fn presence_track(
+        &self,
+        _topic: &TopicKey,
+        _member: MemberId,
+        _key: &str,
+        _meta: &PresencePayload,
+    ) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// A local member's presence ended (untrack, leave or disconnect).
+    async fn presence_untrack(
+        &self,
+        _topic: &TopicKey,
+        _member: MemberId,
+    ) -> Result<(), BrokerError> {
         Ok(())
     }
 }
@@ -287,6 +309,26 @@ impl Broker for KindRouter {
 
     async fn unsubscribe(&self, topic: &TopicKey) -> Result<(), BrokerError> {
         self.of(topic).unsubscribe(topic).await
+    }
+
+    async fn presence_track(
+        &self,
+        topic: &TopicKey,
+        member: MemberId,
+        key: &str,
+        meta: &PresencePayload,
+    ) -> Result<(), BrokerError> {
+        self.of(topic)
+            .presence_track(topic, member, key, meta)
+            .await
+    }
+
+    async fn presence_untrack(
+        &self,
+        topic: &TopicKey,
+        member: MemberId,
+    ) -> Result<(), BrokerError> {
+        self.of(topic).presence_untrack(topic, member).await
     }
 }
 

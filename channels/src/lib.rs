@@ -36,6 +36,8 @@ pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod sessions;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topic;
 pub mod ws_frame;
 

@@ -103,6 +103,8 @@ pub struct Joined {
 pub struct Left {
     /// The connection was a member.
     pub was_member: bool,
+    /// It had tracked presence (now removed; other nodes must hear of it).
+    pub had_presence: bool,
     /// No member of the topic is left on this node: the broker may unsubscribe.
     pub last_local: bool,
 }
@@ -343,12 +345,15 @@ impl Registry {
         let Some(entry) = shard.get(topic).cloned() else {
             return Left {
                 was_member: false,
+                had_presence: false,
                 last_local: false,
             };
         };
         let mut st = lock(&entry.state);
         let was_member = st.remove(conn).is_some();
-        if let Some(diff) = st.presence.untrack(conn) {
+        let diff = st.presence.untrack(conn);
+        let had_presence = diff.is_some();
+        if let Some(diff) = diff {
             self.fan_out_diff(topic, &st, &diff);
         }
         let last_local = was_member && st.slots.is_empty();
@@ -357,6 +362,7 @@ impl Registry {
         }
         Left {
             was_member,
+            had_presence,
             last_local,
         }
     }
@@ -437,17 +443,20 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes `conn`'s presence meta, if any, and fans the leave out.
-    pub fn untrack(&self, topic: &TopicKey, conn: ConnId) -> Result<(), NotMember> {
+    /// Removes `conn`'s presence meta, if any, and fans the leave out. Returns whether there
+    /// was one.
+    pub fn untrack(&self, topic: &TopicKey, conn: ConnId) -> Result<bool, NotMember> {
         let entry = self.topic(topic).ok_or(NotMember)?;
         let mut st = lock(&entry.state);
         if !st.index.contains_key(&conn) {
             return Err(NotMember);
         }
-        if let Some(diff) = st.presence.untrack(conn as MemberId) {
+        let diff = st.presence.untrack(conn as MemberId);
+        let had = diff.is_some();
+        if let Some(diff) = diff {
             self.fan_out_diff(topic, &st, &diff);
         }
-        Ok(())
+        Ok(had)
     }
 
     /// Tracks presence for a member that is not a connection of this node: a server-side actor
@@ -492,6 +501,22 @@ impl Registry {
         let enc = EncodedDiff::new(topic, diff);
         for slot in st.slots.iter().filter(|s| s.member.presence_enabled) {
             self.push(&slot.member, enc.frame(slot.member.format));
+        }
+    }
+
+    /// Sends every local member of `topic` a `system` message (for example: history lost while
+    /// they were live, so they were not recovered).
+    pub fn notify(&self, topic: &TopicKey, status: &str, message: &str) {
+        let Some(entry) = self.topic(topic) else {
+            return;
+        };
+        let st = lock(&entry.state);
+        for slot in &st.slots {
+            let m = &slot.member;
+            self.push(
+                m,
+                codec::system_frame(m.format, m.join_ref.as_ref(), topic, status, message),
+            );
         }
     }
 

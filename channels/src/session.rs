@@ -18,7 +18,9 @@ use tokio::time::Instant;
 
 use crate::auth::{Principal, TokenError, now_secs};
 use crate::broker::Publication;
-use crate::codec::{self, Body, Format, Inbound, Outbound, Ref, json_string, reply_payload};
+use crate::codec::{
+    self, Body, Format, Inbound, Outbound, Ref, json_string, reply_payload, system_frame,
+};
 use crate::cursor::Since;
 use crate::envelope::{MAX_EVENT_LEN, Payload};
 use crate::kinds::Access;
@@ -370,8 +372,10 @@ impl Session {
             broadcast_self: flex_bool(broadcast.and_then(|b| b.get("self"))),
             presence_enabled,
         };
-        let joined = self
-            .node
+        // Subscribe before joining: with a cross-node broker, messages published from now on
+        // must reach this node before the history read below, or the join could miss some.
+        let subscribed = self.node.broker.subscribe(&key).await;
+        self.node
             .registry
             .join(&key, member, reply, catch_up.is_some());
         self.node.stats.joins.fetch_add(1, Ordering::Relaxed);
@@ -388,9 +392,7 @@ impl Session {
             token,
             principal,
         });
-        if joined.first_local
-            && let Err(e) = self.node.broker.subscribe(&key).await
-        {
+        if let Err(e) = subscribed {
             tracing::warn!(topic = %key, error = %e, "broker subscribe failed");
             self.system(
                 m.join_ref.as_ref(),
@@ -452,13 +454,20 @@ impl Session {
     async fn leave_channel(&mut self, topic: &str) -> Option<Channel> {
         let i = self.find(topic)?;
         let ch = self.channels.swap_remove(i);
-        let left = self.node.registry.leave(&ch.key, self.conn);
-        if left.last_local
-            && let Err(e) = self.node.broker.unsubscribe(&ch.key).await
-        {
+        if self.node.registry.leave(&ch.key, self.conn).had_presence {
+            self.share_untrack(&ch.key).await;
+        }
+        // Every join subscribed once (the broker counts), so every leave unsubscribes once.
+        if let Err(e) = self.node.broker.unsubscribe(&ch.key).await {
             tracing::warn!(topic = %ch.key, error = %e, "broker unsubscribe failed");
         }
         Some(ch)
+    }
+
+    async fn share_untrack(&self, topic: &TopicKey) {
+        if let Err(e) = self.node.broker.presence_untrack(topic, self.conn).await {
+            tracing::warn!(topic = %topic, error = %e, "sharing a presence leave failed");
+        }
     }
 
     async fn broadcast(&mut self, m: Inbound) {
@@ -542,15 +551,34 @@ impl Session {
                 let key = ch
                     .presence_key
                     .get_or_insert_with(|| uuid::Uuid::new_v4().to_string().into());
-                match registry.track(&ch.key, self.conn, key, payload) {
-                    Ok(()) => self.reply(&m, "ok", "{}"),
+                let shared = payload.clone();
+                let key = key.to_string();
+                match registry.track(&ch.key, self.conn, &key, payload) {
+                    Ok(()) => {
+                        self.reply(&m, "ok", "{}");
+                        let broker = &self.node.broker;
+                        if let Err(e) = broker
+                            .presence_track(&topic, self.conn, &key, &shared)
+                            .await
+                        {
+                            tracing::warn!(topic = %topic, error = %e, "sharing presence failed");
+                        }
+                    }
                     Err(_) => self.reply(&m, "error", "{}"),
                 }
             }
-            Some("untrack") => match self.node.registry.untrack(&self.channels[i].key, self.conn) {
-                Ok(()) => self.reply(&m, "ok", "{}"),
-                Err(_) => self.reply(&m, "error", "{}"),
-            },
+            Some("untrack") => {
+                let topic = self.channels[i].key.clone();
+                match self.node.registry.untrack(&topic, self.conn) {
+                    Ok(had) => {
+                        self.reply(&m, "ok", "{}");
+                        if had {
+                            self.share_untrack(&topic).await;
+                        }
+                    }
+                    Err(_) => self.reply(&m, "error", "{}"),
+                }
+            }
             _ => self.reply_reason(&m, "Unknown presence event; expected track or untrack"),
         }
     }
@@ -662,31 +690,6 @@ impl Drop for Session {
             self.node.registry.leave(&ch.key, self.conn);
         }
     }
-}
-
-/// A `system` message (PROTOCOL §2.7): `{"extension":"system","status","message","channel"}`.
-fn system_frame(
-    format: Format,
-    join_ref: Option<&Ref>,
-    key: &TopicKey,
-    status: &str,
-    message: &str,
-) -> OutFrame {
-    let payload = format!(
-        r#"{{"extension":"system","status":"{status}","message":{},"channel":{}}}"#,
-        json_string(message),
-        json_string(key.name())
-    );
-    codec::encode(
-        format,
-        Outbound {
-            join_ref,
-            msg_ref: None,
-            topic: &key.wire(),
-            event: "system",
-            payload: &payload,
-        },
-    )
 }
 
 fn parse_catch_up(

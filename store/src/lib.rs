@@ -4,11 +4,13 @@
 //!   ([`channels::MemoryBroker`], [`channels::sessions::MemorySessionStore`]).
 //! - With `DATABASE_URL`: build sessions and `build:` topics live in Postgres ([`pg`]): the
 //!   outbox is their history and cursor, a LISTEN/NOTIFY feed delivers them. Other topics stay
-//!   on the fast in-memory broker (Redis, for several nodes, comes with its issue).
+//!   on the fast broker: Redis when `REDIS_URL` is set (several nodes share one set of
+//!   channels, [`redis`]), memory otherwise.
 //!
 //! The hub only sees [`Backends`]; the choice is made here once.
 
 pub mod pg;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,9 @@ pub enum StoreError {
     /// The migrations failed.
     #[error("applying migrations failed: {0}")]
     Migrate(String),
+    /// Redis could not be reached.
+    #[error("cannot connect to Redis: {0}")]
+    Redis(String),
 }
 
 /// Backend configuration (filled from the hub's command line).
@@ -50,6 +55,10 @@ pub struct StoreConfig {
     pub outbox_retention: Duration,
     /// Postgres pool size. Default 8.
     pub pool_size: u32,
+    /// Redis URL; `None` for a single node.
+    pub redis_url: Option<String>,
+    /// Lifetime of a Redis topic's history after its last message. Default 24 h.
+    pub redis_history_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -60,6 +69,8 @@ impl Default for StoreConfig {
             ownership_ttl: Duration::from_secs(5),
             outbox_retention: Duration::from_secs(7 * 24 * 3600),
             pool_size: 8,
+            redis_url: None,
+            redis_history_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -75,6 +86,19 @@ pub struct Backends {
     pub memory: Arc<MemoryBroker>,
     /// The Postgres side, when configured.
     pub postgres: Option<Postgres>,
+    /// The Redis side, when configured.
+    pub redis: Option<Redis>,
+}
+
+/// Handles of the Redis backend.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    /// The broker (also removes this node's presence on close).
+    pub broker: redis::RedisBroker,
+    /// Counters.
+    pub stats: Arc<redis::RedisStats>,
+    /// The subscriber and heartbeat tasks.
+    pub task: Arc<JoinHandle<()>>,
 }
 
 /// Handles of the Postgres backend.
@@ -119,55 +143,93 @@ impl Backends {
             sessions,
             memory,
             postgres: None,
+            redis: None,
         }
     }
 
     /// Connects what `store` configures: Postgres when a URL is given (migrations applied, feed
-    /// started), the in-memory default otherwise.
+    /// started) for build sessions and `build:` topics, Redis when a URL is given for every other
+    /// topic (several nodes share them), the in-memory default for whatever is not configured.
     pub async fn connect(
         config: NodeConfig,
         verifier: Arc<dyn TokenVerifier>,
         store: &StoreConfig,
     ) -> Result<Self, StoreError> {
-        let Some(url) = store.database_url.clone() else {
+        if store.database_url.is_none() && store.redis_url.is_none() {
             return Ok(Self::memory(config, verifier, store));
-        };
-        let pool = pg::connect(&url, store.pool_size).await?;
-        let epoch = pg::epoch(&pool).await?;
+        }
         let node_id = node_id();
         let registry = Arc::new(Registry::new(config.outbox.max_frames));
-        let memory = Arc::new(MemoryBroker::new(registry.clone(), store.history_size));
-        let durable: Arc<dyn Broker> = Arc::new(pg::PgBroker::new(
-            pool.clone(),
-            epoch.clone(),
-            node_id.clone(),
-        ));
-        let broker: Arc<dyn Broker> =
-            Arc::new(KindRouter::new(memory.clone()).route("build", durable));
-        let sessions: Arc<dyn SessionStore> = Arc::new(pg::PgSessionStore::new(pool.clone()));
+        let memory = Arc::new(
+            MemoryBroker::new(registry.clone(), store.history_size)
+                .with_kind_capacity("build", MEMORY_BUILD_HISTORY),
+        );
+        let mut fast: Arc<dyn Broker> = memory.clone();
+        let mut redis_side = None;
+        if let Some(url) = &store.redis_url {
+            let cfg = redis::RedisConfig {
+                url: url.clone(),
+                history_size: store.history_size,
+                history_ttl: store.redis_history_ttl,
+            };
+            let (broker, task) =
+                redis::RedisBroker::connect(cfg, registry.clone(), node_id.clone())
+                    .await
+                    .map_err(|e| StoreError::Redis(e.to_string()))?;
+            fast = Arc::new(broker.clone());
+            redis_side = Some(Redis {
+                stats: broker.stats(),
+                broker,
+                task: Arc::new(task),
+            });
+        }
+        let mut router = KindRouter::new(fast.clone());
+        let mut postgres = None;
+        let sessions: Arc<dyn SessionStore> = match &store.database_url {
+            Some(url) => {
+                let pool = pg::connect(url, store.pool_size).await?;
+                let epoch = pg::epoch(&pool).await?;
+                let durable: Arc<dyn Broker> = Arc::new(pg::PgBroker::new(
+                    pool.clone(),
+                    epoch.clone(),
+                    node_id.clone(),
+                ));
+                router = router.route("build", durable);
+                let feed =
+                    pg::Feed::new(pool.clone(), url.clone(), registry.clone(), epoch, node_id);
+                let stats = feed.stats.clone();
+                let feed_task = tokio::spawn(feed.run());
+                postgres = Some(Postgres {
+                    pool: pool.clone(),
+                    feed: stats,
+                    feed_task: Arc::new(feed_task),
+                    retention: store.outbox_retention,
+                });
+                Arc::new(pg::PgSessionStore::new(pool))
+            }
+            None => Arc::new(MemorySessionStore::new(fast.clone())),
+        };
+        let broker: Arc<dyn Broker> = Arc::new(router);
         let kinds = Kinds::default().with(
             "build",
             Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl)),
         );
-        let feed = pg::Feed::new(pool.clone(), url, registry.clone(), epoch, node_id);
-        let stats = feed.stats.clone();
-        let feed_task = tokio::spawn(feed.run());
         let node = Node::new(config, verifier, registry, broker, kinds);
         Ok(Self {
             node,
             sessions,
             memory,
-            postgres: Some(Postgres {
-                pool,
-                feed: stats,
-                feed_task: Arc::new(feed_task),
-                retention: store.outbox_retention,
-            }),
+            postgres,
+            redis: redis_side,
         })
     }
 
     /// Stops background work (the feed). In-flight REST and channel work has finished by then.
     pub async fn close(&self) {
+        if let Some(r) = &self.redis {
+            r.broker.close().await;
+            r.task.abort();
+        }
         if let Some(pg) = &self.postgres {
             pg.feed_task.abort();
             pg.pool.close().await;

@@ -157,6 +157,33 @@ pub fn encode(format: Format, msg: Outbound<'_>) -> OutFrame {
     OutFrame::Text(Bytes::from(bytes))
 }
 
+/// A `system` message (PROTOCOL §2.7) to one member:
+/// `[join_ref, null, topic, "system", {"extension":"system","status","message","channel"}]`.
+pub fn system_frame(
+    format: Format,
+    join_ref: Option<&Ref>,
+    topic: &crate::topic::TopicKey,
+    status: &str,
+    message: &str,
+) -> OutFrame {
+    let payload = format!(
+        r#"{{"extension":"system","status":{},"message":{},"channel":{}}}"#,
+        json_string(status),
+        json_string(message),
+        json_string(topic.name())
+    );
+    encode(
+        format,
+        Outbound {
+            join_ref,
+            msg_ref: None,
+            topic: &topic.wire(),
+            event: "system",
+            payload: &payload,
+        },
+    )
+}
+
 /// `{"status": status, "response": response}` as JSON text.
 pub fn reply_payload(status: &str, response: &str) -> String {
     format!(r#"{{"status":"{status}","response":{response}}}"#)

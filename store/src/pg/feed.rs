@@ -128,8 +128,10 @@ impl Feed {
                     GAP_POLL
                 };
                 match tokio::time::timeout(wait, listener.try_recv()).await {
-                    // Woken (or timed out): read whatever is new.
-                    Ok(Ok(Some(_))) | Err(_) => {}
+                    // Woken: one read covers every notification already queued behind this one.
+                    Ok(Ok(Some(_))) => while listener.next_buffered().is_some() {},
+                    // Timed out: read anyway (gaps, or a wake-up that never came).
+                    Err(_) => {}
                     // The connection dropped; sqlx reconnects on the next call, and we catch up.
                     Ok(Ok(None)) => {
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
