@@ -86,6 +86,17 @@ pub fn sign_hs256(secret: &[u8], claims: &Value) -> Result<String, jsonwebtoken:
     )
 }
 
+/// The claims of the token `POST /sessions/token` issues for a share token: read access to
+/// `build:<session>` and the session's REST endpoints, nothing else (`role: anon`, no `sub`).
+pub fn share_claims(session: uuid::Uuid, exp: u64) -> Value {
+    serde_json::json!({
+        "role": "anon",
+        "exp": exp,
+        "share_session": session.to_string(),
+        "iss": "hub",
+    })
+}
+
 /// A random secret for development, URL-safe base64 of 32 random bytes.
 pub fn random_secret() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -179,6 +190,16 @@ mod tests {
             ))
         );
         assert_eq!(v.verify(&forged), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn share_claims_verify_as_a_share_principal() {
+        let id = uuid::Uuid::new_v4();
+        let t = sign_hs256(SECRET, &share_claims(id, now_secs() + 60)).unwrap();
+        let p = JwtVerifier::hs256(SECRET).verify(&t).unwrap();
+        assert_eq!(p.role, "anon");
+        assert_eq!(p.sub, None);
+        assert_eq!(p.share_session, Some(id));
     }
 
     #[test]

@@ -8,13 +8,9 @@ use channels::{NodeConfig, OutboxLimits};
 use clap::Parser;
 use store::StoreConfig;
 
-/// The hub's configuration.
+/// The hub's configuration (the flags of `hub` without a subcommand; see [`crate::cli::Cli`]).
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "hub",
-    version,
-    about = "Self-hosted realtime hub (Supabase Realtime compatible)"
-)]
+#[command(name = "hub")]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "HUB_ADDR", default_value = "127.0.0.1:4000")]
@@ -29,6 +25,15 @@ pub struct Config {
     /// are applied at start); when unset, everything lives in memory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+
+    /// Redis URL. When set, every topic except `build:` goes through Redis, so several hub
+    /// nodes share one set of channels, presence and history.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Lifetime of a Redis topic's history after its last message (Redis only).
+    #[arg(long, env = "HUB_REDIS_HISTORY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub redis_history_ttl: Duration,
 
     /// Delete outbox rows older than this (Postgres only).
     #[arg(long, env = "HUB_OUTBOX_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
@@ -79,6 +84,24 @@ pub struct Config {
     #[arg(long, env = "HUB_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Run the built-in simulated orchestrator for every session `POST /sessions` creates (seed
+    /// 004 §6, no real provisioning). A deployment whose real orchestrator writes
+    /// `build_sessions`/`build_events` itself sets this to `false`.
+    #[arg(long, env = "HUB_SIMULATE_BUILDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub simulate_builds: bool,
+
+    /// Pause between the simulated orchestrator's steps.
+    #[arg(long, env = "HUB_SIMULATE_STEP_DELAY", default_value = "400ms", value_parser = humantime::parse_duration)]
+    pub simulate_step_delay: Duration,
+
+    /// Simulated builds running at once; `POST /sessions` answers 429 beyond this.
+    #[arg(long, env = "HUB_SIMULATE_MAX_BUILDS", default_value_t = 100)]
+    pub simulate_max_builds: usize,
+
+    /// Lifetime of the JWT `POST /sessions/token` issues for a share token.
+    #[arg(long, env = "HUB_SHARE_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub share_token_ttl: Duration,
+
     /// Log format: `text` or `json`. Filter with `RUST_LOG` (default `info`).
     #[arg(long, env = "HUB_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -94,11 +117,14 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// A configuration for tests: ephemeral port, a fixed secret, no join error delay.
+    /// A configuration for tests: ephemeral port, a fixed secret, no join error delay, simulated
+    /// builds stepping every 10 ms.
     pub fn for_tests(secret: &str) -> Self {
         let mut c = Self::parse_from(["hub", "--addr", "127.0.0.1:0"]);
         c.jwt_secret = Some(secret.to_owned());
         c.join_error_delay = Duration::ZERO;
+        c.simulate_builds = true;
+        c.simulate_step_delay = Duration::from_millis(10);
         c
     }
 
@@ -109,6 +135,8 @@ impl Config {
             history_size: self.history_size,
             ownership_ttl: self.ownership_ttl,
             outbox_retention: self.outbox_retention,
+            redis_url: self.redis_url.clone(),
+            redis_history_ttl: self.redis_history_ttl,
             ..StoreConfig::default()
         }
     }

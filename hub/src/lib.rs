@@ -5,14 +5,19 @@
 //! # Layout
 //! - [`config`]: flags and `HUB_…` variables; [`state`]: what routes share.
 //! - [`server`]: accept loop, HTTP/1.1 with upgrades, graceful shutdown.
-//! - [`routes`]: the router; [`api`]: REST handlers; [`transport`]: WebSocket transport.
-//! - [`auth`]: JWT verification and development tokens.
+//! - [`routes`]: the router; [`api`]: REST handlers (Supabase broadcast, build sessions);
+//!   [`transport`]: WebSocket transport.
+//! - [`auth`]: JWT verification, development and share tokens.
+//! - [`simulate`]: the simulated build orchestrator.
+//! - [`cli`]: the subcommands (`hub`, `hub simulate-build`, `hub token`).
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod routes;
 pub mod server;
+pub mod simulate;
 pub mod state;
 pub mod transport;
 

@@ -1,19 +1,22 @@
-//! The router: every URL the hub answers.
+//! The router: every URL the hub answers, and the layers every request passes.
 //!
 //! Supabase clients derive REST URLs from the socket URL: `…/realtime/v1` for supabase-js,
 //! `…/socket` (stripped to the root) for a standalone realtime-js, so broadcast routes exist under
-//! both prefixes.
+//! both prefixes. The build-session API (seed 004 §4) sits at the root.
 
 use axum::Router;
+use axum::middleware;
 use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api;
+use crate::api::app_error;
 use crate::state::AppState;
 use crate::transport::ws;
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(api::health::health))
         .route("/realtime/v1/websocket", get(ws::upgrade))
         .route("/socket/websocket", get(ws::upgrade))
@@ -27,6 +30,25 @@ pub fn router(state: AppState) -> Router {
             "/api/broadcast/{topic}/events/{event}",
             post(api::broadcast::single),
         )
-        .fallback(api::error::not_found)
-        .with_state(state)
+        .route(
+            "/sessions",
+            post(api::sessions::create).get(api::sessions::get),
+        )
+        .route("/sessions/token", post(api::share::exchange))
+        .route("/events", get(api::events::list))
+        .with_state(state);
+    with_error_handling(routes)
+}
+
+/// Wraps `routes` so that no request ends without a JSON answer and a request id: unknown routes
+/// and methods get seed-000 errors, panics become a JSON 500 (logged with the request id), and
+/// every response carries `x-request-id`.
+pub fn with_error_handling(routes: Router) -> Router {
+    routes
+        .fallback(app_error::no_route)
+        .method_not_allowed_fallback(app_error::method_not_allowed)
+        // Inner: turns a panic into an `AppError` response…
+        .layer(CatchPanicLayer::custom(app_error::panic_response))
+        // …which the outer layer then logs and stamps with the request id.
+        .layer(middleware::from_fn(api::request_id::middleware))
 }

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::JwtVerifier;
 use crate::config::Config;
+use crate::simulate::Simulator;
 
 /// Cheap to clone; everything inside is shared.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them (bounded by the drain timeout).
     pub tasks: TaskTracker,
+    /// Runs simulated builds for new sessions; `None` with `--simulate-builds false`.
+    pub simulator: Option<Simulator>,
 }
 
 impl AppState {
@@ -51,7 +54,11 @@ impl AppState {
     }
 
     fn with_backends(config: Config, secret: &str, backends: Backends) -> Self {
+        let simulator = config
+            .simulate_builds
+            .then(|| Simulator::new(config.simulate_max_builds, config.simulate_step_delay));
         Self {
+            simulator,
             node: backends.node.clone(),
             sessions: backends.sessions.clone(),
             backends,

@@ -6,7 +6,8 @@
 //!   `application/octet-stream` body.
 //!
 //! Both authenticate with `Authorization: Bearer` or the `apikey` header, ignore other query
-//! parameters (the client leaves `apikey` and `vsn` on the URL), and answer 202.
+//! parameters (the client leaves `apikey` and `vsn` on the URL), check the topic's kind allows
+//! the caller to write (403 otherwise), and answer 202. Errors keep Supabase's `{"message": …}`.
 
 use std::collections::HashMap;
 
@@ -14,10 +15,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use channels::envelope::MAX_EVENT_LEN;
+use channels::kinds::Access;
 use channels::{Payload, Principal, Publication, TokenVerifier, TopicKey};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::api::credentials;
 use crate::api::error::ApiError;
 use crate::state::AppState;
 
@@ -26,19 +29,26 @@ const MAX_BATCH: usize = 100;
 
 /// The caller's identity from `Authorization: Bearer` or, failing that, the `apikey` header.
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-    let token = bearer.or_else(|| headers.get("apikey").and_then(|v| v.to_str().ok()));
-    let token = token.map(str::trim).unwrap_or_default();
+    let token = credentials::jwt(headers).unwrap_or_default();
     state
         .verifier
         .verify(token)
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
+/// Whether `principal` may broadcast on `topic` (the same rule as a WebSocket broadcast: a
+/// `build:` topic only for its owner and services). 403 with the kind's reason otherwise.
+async fn authorize(
+    state: &AppState,
+    principal: &Principal,
+    topic: &TopicKey,
+) -> Result<(), ApiError> {
+    state
+        .node
+        .kinds
+        .authorize(principal, topic, Access::Write)
+        .await
+        .map_err(|denied| ApiError::new(StatusCode::FORBIDDEN, denied.0))
 }
 
 fn unprocessable(message: impl Into<String>) -> ApiError {
@@ -97,7 +107,7 @@ pub async fn batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers)?;
+    let principal = authenticate(&state, &headers)?;
     let batch: Batch<'_> = serde_json::from_slice(&body).map_err(|e| {
         unprocessable(format!(
             "Body must be {{\"messages\":[{{\"topic\",\"event\",\"payload\",\"private\"}}]}}: {e}"
@@ -117,6 +127,7 @@ pub async fn batch(
         let topic = TopicKey::new(&m.topic, private)
             .map_err(|e| unprocessable(format!("topic {:?}: {e}", m.topic)))?;
         check_event(&m.event)?;
+        authorize(&state, &principal, &topic).await?;
         let payload = m.payload.map_or("{}", RawValue::get);
         check_size(&state, payload.len())?;
         publications.push(Publication {
@@ -140,11 +151,12 @@ pub async fn single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    authenticate(&state, &headers)?;
+    let principal = authenticate(&state, &headers)?;
     let private = query.get("private").is_some_and(|v| v == "true");
     let topic = TopicKey::new(&topic, private)
         .map_err(|e| unprocessable(format!("topic {topic:?}: {e}")))?;
     check_event(&event)?;
+    authorize(&state, &principal, &topic).await?;
     check_size(&state, body.len())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -2,6 +2,7 @@
 //!
 //! The Supabase-compatible endpoints answer `{"message": …}` (realtime-js shows
 //! `body.error || body.message`; the WebSocket upgrade uses `{"error": …}` as the real server does).
+//! The hub's own API uses the seed-000 shape instead, see [`super::app_error`].
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -36,9 +37,4 @@ impl IntoResponse for ApiError {
 /// `{"error": message}` with `status`, the shape of WebSocket upgrade refusals.
 pub fn upgrade_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
-}
-
-/// Fallback for unknown routes.
-pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "Not found")
 }
