@@ -303,12 +303,22 @@ impl Broker for KindRouter {
         self.of(topic).replay(topic, since_ms, limit).await
     }
 
+    /// Routed kinds subscribe on their broker for messages and on the default one too: presence
+    /// always travels through the default (cluster) broker, whatever carries the messages.
     async fn subscribe(&self, topic: &TopicKey) -> Result<(), BrokerError> {
-        self.of(topic).subscribe(topic).await
+        let routed = self.of(topic);
+        if !Arc::ptr_eq(routed, &self.default) {
+            routed.subscribe(topic).await?;
+        }
+        self.default.subscribe(topic).await
     }
 
     async fn unsubscribe(&self, topic: &TopicKey) -> Result<(), BrokerError> {
-        self.of(topic).unsubscribe(topic).await
+        let routed = self.of(topic);
+        if !Arc::ptr_eq(routed, &self.default) {
+            routed.unsubscribe(topic).await?;
+        }
+        self.default.unsubscribe(topic).await
     }
 
     async fn presence_track(
@@ -318,9 +328,7 @@ impl Broker for KindRouter {
         key: &str,
         meta: &PresencePayload,
     ) -> Result<(), BrokerError> {
-        self.of(topic)
-            .presence_track(topic, member, key, meta)
-            .await
+        self.default.presence_track(topic, member, key, meta).await
     }
 
     async fn presence_untrack(
@@ -328,7 +336,7 @@ impl Broker for KindRouter {
         topic: &TopicKey,
         member: MemberId,
     ) -> Result<(), BrokerError> {
-        self.of(topic).presence_untrack(topic, member).await
+        self.default.presence_untrack(topic, member).await
     }
 }
 

@@ -125,6 +125,11 @@ impl Run {
             .node
             .registry
             .untrack_detached(&self.topic, self.member);
+        // Other nodes see the architect through the broker (Redis), like any member.
+        let broker = &self.state.node.broker;
+        if let Err(e) = broker.presence_untrack(&self.topic, self.member).await {
+            tracing::warn!(session = %self.id, error = %e, "sharing the architect's leave failed");
+        }
         match outcome {
             Ok(()) => tracing::info!(session = %self.id, "simulated build succeeded"),
             Err(Stop::Gone) => {
@@ -155,7 +160,7 @@ impl Run {
         .await?;
         let total = steps.len().max(1) as f64;
         for (i, step) in steps.iter().enumerate() {
-            self.track(step, i as f64 / total);
+            self.track(step, i as f64 / total).await;
             self.pause().await?;
             if let Some(update) = &step.update {
                 self.call(store.update(self.id, update.clone())).await?;
@@ -173,14 +178,22 @@ impl Run {
         Ok(())
     }
 
-    /// Moves the architect's presence to `step`.
-    fn track(&self, step: &Step, progress: f64) {
+    /// Moves the architect's presence to `step`, here and (through the broker) on other nodes.
+    async fn track(&self, step: &Step, progress: f64) {
+        let meta = presence(step, progress);
         self.state.node.registry.track_detached(
             &self.topic,
             self.member,
             ARCHITECT_KEY,
-            presence(step, progress),
+            meta.clone(),
         );
+        let broker = &self.state.node.broker;
+        if let Err(e) = broker
+            .presence_track(&self.topic, self.member, ARCHITECT_KEY, &meta)
+            .await
+        {
+            tracing::warn!(session = %self.id, error = %e, "sharing the architect's presence failed");
+        }
     }
 
     async fn pause(&self) -> Result<(), Stop> {

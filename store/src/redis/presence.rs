@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use channels::presence::{MemberId, PresencePayload};
 use channels::{Registry, TopicKey};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::envelope::{channel_of, tid};
 
@@ -193,6 +193,18 @@ impl PresenceState {
     }
 }
 
+/// A presence message as published. Field order matters: receivers recognise presence messages
+/// by their `{"presence"` prefix (struct fields serialise in declaration order).
+#[derive(Serialize)]
+struct PresenceOut<'a> {
+    presence: &'a str,
+    member: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a PresencePayload>,
+}
+
 /// The `join` message and hash value of an own member.
 pub fn join_parts(
     node_id: &str,
@@ -202,15 +214,26 @@ pub fn join_parts(
 ) -> (String, String, String) {
     let member = format!("{node_id}:{member}");
     let entry = serde_json::json!({ "key": key, "meta": meta }).to_string();
-    let msg = serde_json::json!({ "presence": "join", "member": member, "key": key, "meta": meta })
-        .to_string();
+    let msg = serde_json::to_string(&PresenceOut {
+        presence: "join",
+        member: &member,
+        key: Some(key),
+        meta: Some(meta),
+    })
+    .unwrap_or_default();
     (member, entry, msg)
 }
 
 /// The `leave` message of an own member.
 pub fn leave_parts(node_id: &str, member: MemberId) -> (String, String) {
     let member = format!("{node_id}:{member}");
-    let msg = serde_json::json!({ "presence": "leave", "member": member }).to_string();
+    let msg = serde_json::to_string(&PresenceOut {
+        presence: "leave",
+        member: &member,
+        key: None,
+        meta: None,
+    })
+    .unwrap_or_default();
     (member, msg)
 }
 
@@ -257,4 +280,23 @@ pub async fn publish_leave(
         .invoke_async::<redis::Value>(conn)
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_messages_start_with_their_marker_and_parse_back() {
+        let meta: PresencePayload = serde_json::from_str(r#"{"b":1,"a":2}"#).unwrap();
+        let (member, entry, msg) = join_parts("n1", 7, "alice", &meta);
+        assert_eq!(member, "n1:7");
+        assert!(msg.starts_with(r#"{"presence":"join""#), "{msg}");
+        let back: PresenceMsg = serde_json::from_str(&msg).unwrap();
+        assert_eq!(back.key.as_deref(), Some("alice"));
+        assert_eq!(back.meta, Some(meta));
+        assert!(entry.contains(r#""key":"alice""#));
+        let (_, leave) = leave_parts("n1", 7);
+        assert_eq!(leave, r#"{"presence":"leave","member":"n1:7"}"#);
+    }
 }
