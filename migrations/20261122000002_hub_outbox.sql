@@ -85,19 +85,35 @@ as $$
   select hub.publish_from(p_topic, p_event, p_payload, p_private, null, null);
 $$;
 
--- Every timeline row is published on build:<session_id>, in the writer's transaction.
+-- Timestamps in published payloads are UTC with microseconds, whatever the writer's TimeZone,
+-- so every publisher (and the in-memory store) renders them alike.
+create or replace function hub.utc_text(ts timestamptz)
+returns text
+language sql
+immutable
+as $$
+  select to_char(ts at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"');
+$$;
+
+-- Every timeline row is published on build:<session_id>, in the writer's transaction. The
+-- trigger never makes the orchestrator's insert fail on the hub's account: rows without a
+-- session are not published, and a type that cannot be an event name is sent as `build_event`
+-- (the payload keeps the real type).
 create or replace function hub.publish_build_event()
 returns trigger
 language plpgsql
 as $$
 begin
+  if new.session_id is null then
+    return new;
+  end if;
   perform hub.publish(
     'build:' || new.session_id::text,
-    new.type,
+    case when new.type = '' or octet_length(new.type) > 255 then 'build_event' else new.type end,
     jsonb_build_object(
       'id', new.id,
       'session_id', new.session_id,
-      'ts', new.ts,
+      'ts', hub.utc_text(new.ts),
       'type', new.type,
       'message', new.message,
       'payload', new.payload
@@ -126,7 +142,7 @@ begin
         'id', new.id,
         'status', new.status,
         'error', new.error,
-        'updated_at', new.updated_at
+        'updated_at', hub.utc_text(new.updated_at)
       )
     );
   end if;

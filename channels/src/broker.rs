@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use crate::cursor::{Cursor, Since};
 use crate::envelope::{Envelope, Payload, now_ms};
-use crate::history::{HistoryRing, Recovery};
+use crate::history::{HistoryRing, Page, Recovery};
 use crate::presence::{MemberId, PresencePayload};
 use crate::registry::{ConnId, Registry};
 use crate::topic::TopicKey;
@@ -57,6 +57,15 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         since: &Since,
         limit: usize,
     ) -> Result<Recovery, BrokerError>;
+
+    /// The oldest `limit` messages after `after`: one page of a catch-up, which pages through a
+    /// history of any length without holding it in memory at once.
+    async fn read(
+        &self,
+        topic: &TopicKey,
+        after: &Since,
+        limit: usize,
+    ) -> Result<Page, BrokerError>;
 
     /// Supabase `broadcast.replay`: the newest `limit` messages published at or after `since_ms`.
     async fn replay(
@@ -235,6 +244,17 @@ impl Broker for MemoryBroker {
         Ok(h.ring.since(since, limit))
     }
 
+    async fn read(
+        &self,
+        topic: &TopicKey,
+        after: &Since,
+        limit: usize,
+    ) -> Result<Page, BrokerError> {
+        let history = self.history_of(topic);
+        let h = lock(&history);
+        Ok(h.ring.read(after, limit))
+    }
+
     async fn replay(
         &self,
         topic: &TopicKey,
@@ -292,6 +312,15 @@ impl Broker for KindRouter {
         limit: usize,
     ) -> Result<Recovery, BrokerError> {
         self.of(topic).history(topic, since, limit).await
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicKey,
+        after: &Since,
+        limit: usize,
+    ) -> Result<Page, BrokerError> {
+        self.of(topic).read(topic, after, limit).await
     }
 
     async fn replay(

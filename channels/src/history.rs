@@ -19,6 +19,18 @@ pub struct HistoryRing {
     buf: VecDeque<Arc<Envelope>>,
 }
 
+/// One page of a catch-up: the oldest messages after a cursor.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Up to the requested number of messages after the cursor, oldest first.
+    pub messages: Vec<Arc<Envelope>>,
+    /// Whether `messages` starts right after the cursor (nothing between was lost). `false`
+    /// when the cursor is from another epoch or older than what is retained.
+    pub contiguous: bool,
+    /// The newest message's cursor (`<epoch>:0` when there is none).
+    pub head: Cursor,
+}
+
 /// What a resume gets from history.
 #[derive(Debug, Clone)]
 pub struct Recovery {
@@ -91,6 +103,28 @@ impl HistoryRing {
             complete = false;
         }
         self.recovery(messages, complete)
+    }
+
+    /// The oldest `limit` messages after `after` (paging through history during a catch-up).
+    pub fn read(&self, after: &Since, limit: usize) -> Page {
+        let after = match after {
+            Since::Beginning => 0,
+            Since::After(c) if *c.epoch != *self.epoch || c.offset >= self.next_offset => {
+                return Page {
+                    messages: Vec::new(),
+                    contiguous: matches!(after, Since::After(c) if *c.epoch == *self.epoch && c.offset + 1 == self.next_offset),
+                    head: self.head(),
+                };
+            }
+            Since::After(c) => c.offset,
+        };
+        let first = self.first_offset();
+        let skip = (after + 1).saturating_sub(first) as usize;
+        Page {
+            messages: self.buf.iter().skip(skip).take(limit).cloned().collect(),
+            contiguous: after + 1 >= first,
+            head: self.head(),
+        }
     }
 
     /// Supabase `broadcast.replay`: messages published at or after `since_ms`, the newest `limit`.
@@ -212,6 +246,31 @@ mod tests {
         assert!(r.is_empty());
         assert!(!r.since(&after(2), 10).recovered);
         assert!(r.since(&after(4), 10).recovered);
+    }
+
+    #[test]
+    fn pages_oldest_first_and_detect_loss() {
+        let r = ring_with(10, 6); // retains 5..=10
+        let page = r.read(&after(6), 2);
+        assert_eq!(
+            page.messages
+                .iter()
+                .map(|e| e.cursor.as_ref().unwrap().offset)
+                .collect::<Vec<_>>(),
+            vec![7, 8]
+        );
+        assert!(page.contiguous);
+        assert_eq!(page.head.offset, 10);
+        assert!(!r.read(&after(2), 2).contiguous, "3 and 4 were evicted");
+        assert!(r.read(&after(10), 2).contiguous && r.read(&after(10), 2).messages.is_empty());
+        assert!(
+            !r.read(&Since::After(Cursor::new("x".into(), 1)), 2)
+                .contiguous
+        );
+        assert!(
+            !r.read(&Since::Beginning, 2).contiguous,
+            "1..=4 were evicted"
+        );
     }
 
     #[test]

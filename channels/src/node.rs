@@ -21,7 +21,8 @@ pub struct NodeConfig {
     pub max_channels: usize,
     /// Largest broadcast payload accepted, in bytes. Default 1 MiB.
     pub max_payload_bytes: usize,
-    /// Most messages a resume delivers from history when the join gives no `limit`. Default 1000.
+    /// Most messages a resume delivers from history (a join's `limit` may ask for fewer).
+    /// Default: no limit beyond what the topic's history keeps (a build's whole timeline).
     pub resume_limit: usize,
     /// Most messages a Supabase `broadcast.replay` delivers. Default 25, as Supabase.
     pub replay_limit: usize,
@@ -36,7 +37,7 @@ impl Default for NodeConfig {
         Self {
             max_channels: 100,
             max_payload_bytes: 1 << 20,
-            resume_limit: 1000,
+            resume_limit: usize::MAX,
             replay_limit: 25,
             join_error_delay: Duration::from_secs(1),
             outbox: OutboxLimits::default(),

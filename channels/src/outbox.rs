@@ -112,6 +112,9 @@ struct State {
     /// Whether the registered writer wants to hear about pushes (it is idle) or only about the
     /// outbox closing (it is still writing earlier frames and will drain afterwards).
     wake_on_push: bool,
+    /// A producer waiting for room (a catch-up paging through history), woken by the next drain
+    /// or close.
+    room_waker: Option<Waker>,
 }
 
 impl State {
@@ -128,6 +131,9 @@ impl State {
     /// Records a close; the writer is woken whatever it waits for.
     fn notify_close(&mut self) -> Option<Waker> {
         self.notified = true;
+        if let Some(w) = self.room_waker.take() {
+            w.wake();
+        }
         self.waker.take()
     }
 }
@@ -241,6 +247,9 @@ impl Outbox {
     /// connection is going away and its client resumes from its cursor.
     pub fn drain(&self, into: &mut Vec<OutFrame>) -> Option<CloseReason> {
         let mut st = self.lock();
+        if let Some(w) = st.room_waker.take() {
+            w.wake();
+        }
         into.extend(st.frames.drain(..));
         st.bytes = 0;
         // Give back a queue that grew during a burst, so a connection that once lagged does not
@@ -249,6 +258,25 @@ impl Outbox {
             st.frames = VecDeque::new();
         }
         st.closed.clone()
+    }
+
+    /// Waits until `need` more frames fit without reaching the frame bound, or the outbox is
+    /// closed. For producers that may wait (a catch-up paging through history), unlike fan-out.
+    pub async fn room(&self, need: usize) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.lock();
+            if st.closed.is_some() || st.frames.len() + need <= self.inner.limits.max_frames {
+                return Poll::Ready(());
+            }
+            st.room_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+
+    /// The frame bound.
+    pub fn max_frames(&self) -> usize {
+        self.inner.limits.max_frames
     }
 
     /// Number of frames queued (for tests and metrics).

@@ -339,6 +339,29 @@ impl Registry {
         Ok(())
     }
 
+    /// Queues one page of history to a member that is catching up (its live messages keep
+    /// waiting in its pending buffer). Fails when it is no longer a catching-up member.
+    pub fn catch_up_push(
+        &self,
+        topic: &TopicKey,
+        conn: ConnId,
+        history: &[Arc<Envelope>],
+    ) -> Result<(), NotMember> {
+        let entry = self.topic(topic).ok_or(NotMember)?;
+        let mut st = lock(&entry.state);
+        let slot = st.slot_mut(conn).ok_or(NotMember)?;
+        if slot.pending.is_none() {
+            return Err(NotMember);
+        }
+        let member = slot.member.clone();
+        for env in history {
+            if let Some(frame) = Encoded::new(env, true).frame(member.format) {
+                self.push(&member, frame);
+            }
+        }
+        Ok(())
+    }
+
     /// Removes `conn` from `topic`, fanning out the presence leave of its meta if it had one.
     pub fn leave(&self, topic: &TopicKey, conn: ConnId) -> Left {
         let mut shard = lock(self.shard(topic));

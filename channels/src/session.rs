@@ -21,12 +21,12 @@ use crate::broker::Publication;
 use crate::codec::{
     self, Body, Format, Inbound, Outbound, Ref, json_string, reply_payload, system_frame,
 };
-use crate::cursor::Since;
+use crate::cursor::{Cursor, Since};
 use crate::envelope::{MAX_EVENT_LEN, Payload};
 use crate::kinds::Access;
 use crate::node::Node;
 use crate::outbox::{OutFrame, Outbox};
-use crate::registry::{ConnId, Member};
+use crate::registry::{ConnId, Member, NotMember};
 use crate::topic::{TopicError, TopicKey, WIRE_PREFIX};
 
 /// Most join error replies waiting for their delay; beyond this they are sent at once, so a
@@ -402,53 +402,18 @@ impl Session {
             );
         }
         if let Some(c) = catch_up {
-            self.catch_up(&key, m.join_ref.as_ref(), c).await;
+            // A task of its own: a long catch-up waits for the client to read (outbox room),
+            // and the connection task that drains the outbox must keep running meanwhile.
+            let job = CatchUpJob {
+                node: self.node.clone(),
+                outbox: self.outbox.clone(),
+                format: self.format,
+                conn: self.conn,
+                key: key.clone(),
+                join_ref: m.join_ref.clone(),
+            };
+            tokio::spawn(job.run(c));
         }
-    }
-
-    async fn catch_up(&self, key: &TopicKey, join_ref: Option<&Ref>, c: CatchUp) {
-        let broker = &self.node.broker;
-        let (messages, after) = match c {
-            CatchUp::Resume { since, limit } => match broker.history(key, &since, limit).await {
-                Ok(rec) => {
-                    if !rec.recovered {
-                        let message = format!(
-                            "History not recovered: messages after the given cursor are no longer \
-                             all retained (current cursor {})",
-                            rec.head
-                        );
-                        self.system(join_ref, key, "error", &message);
-                    }
-                    let after = match since {
-                        Since::After(c) => Some(c),
-                        Since::Beginning => None,
-                    };
-                    (rec.messages, after)
-                }
-                Err(e) => {
-                    tracing::warn!(topic = %key, error = %e, "history read failed");
-                    let message = "History not recovered: history is unavailable";
-                    self.system(join_ref, key, "error", message);
-                    (Vec::new(), None)
-                }
-            },
-            CatchUp::Replay { since_ms, limit } => {
-                match broker.replay(key, since_ms, limit).await {
-                    Ok(msgs) => (msgs, None),
-                    Err(e) => {
-                        tracing::warn!(topic = %key, error = %e, "replay failed");
-                        let message = "UnableToReplayMessages: history is unavailable";
-                        self.system(join_ref, key, "error", message);
-                        (Vec::new(), None)
-                    }
-                }
-            }
-        };
-        // The member may have been replaced or left meanwhile; then there is nothing to finish.
-        let _ = self
-            .node
-            .registry
-            .finish_catch_up(key, self.conn, &messages, after.as_ref());
     }
 
     async fn leave_channel(&mut self, topic: &str) -> Option<Channel> {
@@ -692,6 +657,134 @@ impl Drop for Session {
     }
 }
 
+/// Catching a joining member up from history: pages through it oldest first, never more than
+/// the outbox can take, then switches the member to live delivery (`Registry::finish_catch_up`
+/// drops live duplicates of what history already gave).
+struct CatchUpJob {
+    node: Arc<Node>,
+    outbox: Outbox,
+    format: Format,
+    conn: ConnId,
+    key: TopicKey,
+    join_ref: Option<Ref>,
+}
+
+impl CatchUpJob {
+    fn system(&self, message: &str) {
+        self.outbox.push(system_frame(
+            self.format,
+            self.join_ref.as_ref(),
+            &self.key,
+            "error",
+            message,
+        ));
+    }
+
+    async fn run(self, c: CatchUp) {
+        let after = match c {
+            CatchUp::Replay { since_ms, limit } => self.replay(since_ms, limit).await,
+            CatchUp::Resume { since, limit } => self.resume(since, limit).await,
+        };
+        let Ok(after) = after else {
+            return; // no longer catching up (left, replaced, or the connection closed)
+        };
+        // The member may have been replaced or left meanwhile; then there is nothing to finish.
+        let _ = self
+            .node
+            .registry
+            .finish_catch_up(&self.key, self.conn, &[], after.as_ref());
+    }
+
+    async fn replay(&self, since_ms: u64, limit: usize) -> Result<Option<Cursor>, NotMember> {
+        match self.node.broker.replay(&self.key, since_ms, limit).await {
+            Ok(msgs) => {
+                self.node
+                    .registry
+                    .catch_up_push(&self.key, self.conn, &msgs)?;
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(topic = %self.key, error = %e, "replay failed");
+                self.system("UnableToReplayMessages: history is unavailable");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn resume(&self, since: Since, limit: usize) -> Result<Option<Cursor>, NotMember> {
+        let page_size = (self.outbox.max_frames() / 2).clamp(1, 256);
+        let broker = &self.node.broker;
+        let mut after = since;
+        let mut delivered = 0usize;
+        let mut first = true;
+        let mut told = false;
+        loop {
+            let page = match broker.read(&self.key, &after, page_size).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(topic = %self.key, error = %e, "history read failed");
+                    self.system("History not recovered: history is unavailable");
+                    break;
+                }
+            };
+            if !page.contiguous && !told {
+                told = true;
+                self.system(&format!(
+                    "History not recovered: messages after the given cursor are no longer all \
+                     retained (current cursor {})",
+                    page.head
+                ));
+            }
+            if first {
+                first = false;
+                // A client limit keeps the newest messages: skip ahead when more were missed.
+                let from = match &after {
+                    Since::After(c) if c.epoch == page.head.epoch => c.offset,
+                    _ => 0,
+                };
+                if page.head.offset.saturating_sub(from) > limit as u64 {
+                    if !told {
+                        told = true;
+                        self.system(&format!(
+                            "History not recovered: more than {limit} messages were missed; \
+                             replaying the newest {limit} (current cursor {})",
+                            page.head
+                        ));
+                    }
+                    after = Since::After(Cursor::new(
+                        page.head.epoch.clone(),
+                        page.head.offset - limit as u64,
+                    ));
+                    continue;
+                }
+            }
+            let n = page.messages.len().min(limit - delivered);
+            if n == 0 {
+                break;
+            }
+            self.outbox.room(n).await;
+            if self.outbox.is_closed() {
+                return Err(NotMember);
+            }
+            let batch = &page.messages[..n];
+            self.node
+                .registry
+                .catch_up_push(&self.key, self.conn, batch)?;
+            delivered += n;
+            if let Some(c) = batch.last().and_then(|e| e.cursor.clone()) {
+                after = Since::After(c);
+            }
+            if n < page_size || delivered >= limit {
+                break;
+            }
+        }
+        Ok(match after {
+            Since::After(c) => Some(c),
+            Since::Beginning => None,
+        })
+    }
+}
+
 fn parse_catch_up(
     broadcast: Option<&Value>,
     config: &crate::node::NodeConfig,
@@ -715,7 +808,7 @@ fn parse_catch_up(
                 );
             }
         };
-        let limit = limit_of(resume, config.resume_limit, config.resume_limit);
+        let limit = limit_of(resume, config.resume_limit, config.resume_limit).max(1);
         return Ok(Some(CatchUp::Resume { since, limit }));
     }
     if let Some(replay) = b.get("replay").filter(|r| !r.is_null()) {

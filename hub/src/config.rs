@@ -146,7 +146,6 @@ impl Config {
         NodeConfig {
             max_channels: self.max_channels,
             max_payload_bytes: self.max_payload_bytes,
-            resume_limit: self.history_size.max(1),
             join_error_delay: self.join_error_delay,
             outbox: OutboxLimits {
                 max_frames: self.outbox_messages,

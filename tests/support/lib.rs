@@ -1,8 +1,12 @@
 //! End-to-end test support for the hub: an in-process hub on an ephemeral port, JWT helpers, and a
 //! raw Phoenix-protocol WebSocket client (V1 and V2) whose every wait has a timeout and a message.
 //!
-//! Run with `cd /work/main && cargo test -p tests`. Start at [`TestHub::spawn`] and
-//! [`WsClient::connect`]; each test file (`ws_*.rs`, `rest_*.rs`) covers one area of PROTOCOL.md.
+//! Run with `scripts/test` (the `pg_*` tests need the Postgres it starts; the others also run with
+//! `cargo test -p tests`). Start at [`TestHub::spawn`] and [`WsClient::connect`]; each test file
+//! (`ws_*.rs`, `rest_*.rs`) covers one area of PROTOCOL.md, and the `pg_*.rs` files the Postgres
+//! backend, with [`pg::TestDb`] giving each test a database of its own.
+
+pub mod pg;
 
 use std::collections::HashMap;
 use std::io;
@@ -53,13 +57,34 @@ impl TestHub {
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = Config::for_tests(SECRET);
         tweak(&mut cfg);
+        Self::serve(AppState::memory(cfg, SECRET)).await
+    }
+
+    /// A hub on Postgres at `database_url` (migrations applied, feed started), its test
+    /// configuration adjusted by `tweak` first. See [`pg::TestDb`] for a database per test.
+    pub async fn spawn_pg(database_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut cfg = Config::for_tests(SECRET);
+        cfg.database_url = Some(database_url.to_owned());
+        tweak(&mut cfg);
+        let state = tokio::time::timeout(Duration::from_secs(30), AppState::connect(cfg, SECRET))
+            .await
+            .expect("timed out after 30 s connecting the hub to Postgres")
+            .unwrap_or_else(|e| panic!("hub could not start on Postgres: {e}"));
+        assert!(
+            state.backends.postgres.is_some(),
+            "a database_url was given but the hub started without Postgres"
+        );
+        Self::serve(state).await
+    }
+
+    /// Serves `state` on an ephemeral port.
+    async fn serve(state: AppState) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener
             .local_addr()
             .expect("local_addr of the test listener");
-        let state = AppState::memory(cfg, SECRET);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(hub::serve(listener, state.clone(), async move {
             // A dropped sender (TestHub dropped) also means "stop".
@@ -71,6 +96,18 @@ impl TestHub {
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The Postgres feed's counters (rows, late rows, closed gaps, listener reconnects).
+    #[track_caller]
+    pub fn feed_stats(&self) -> std::sync::Arc<store::pg::FeedStats> {
+        self.state
+            .backends
+            .postgres
+            .as_ref()
+            .expect("feed_stats: this hub does not run on Postgres")
+            .feed
+            .clone()
     }
 
     /// `http://<addr><path>`.
@@ -734,9 +771,20 @@ impl WsClient {
     pub async fn expect_frame<T>(
         &mut self,
         what: &str,
+        pred: impl FnMut(&Frame) -> Option<T>,
+    ) -> T {
+        self.expect_frame_within(what, WAIT, pred).await
+    }
+
+    /// [`WsClient::expect_frame`] with a wait of `limit` instead of [`WAIT`] (for waits that
+    /// include a backend's recovery, such as a Postgres restart).
+    pub async fn expect_frame_within<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
         mut pred: impl FnMut(&Frame) -> Option<T>,
     ) -> T {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + limit;
         let mut skipped = Vec::new();
         loop {
             match self.recv_until(deadline).await {
@@ -753,7 +801,7 @@ impl WsClient {
                     skipped.push(f);
                 }
                 Err(RecvEnd::Timeout) => {
-                    panic!("timed out after {WAIT:?} waiting for {what}; skipped {skipped:?}")
+                    panic!("timed out after {limit:?} waiting for {what}; skipped {skipped:?}")
                 }
                 Err(RecvEnd::Ended(e)) => {
                     panic!("connection ended ({e}) while waiting for {what}; skipped {skipped:?}")
@@ -791,6 +839,48 @@ impl WsClient {
             Bcast::from_frame(vsn, f).filter(|b| b.topic == topic)
         })
         .await
+    }
+
+    /// [`WsClient::expect_broadcast`] with a wait of `limit`.
+    pub async fn expect_broadcast_within(
+        &mut self,
+        topic: &str,
+        what: &str,
+        limit: Duration,
+    ) -> Bcast {
+        let vsn = self.vsn;
+        self.expect_frame_within(what, limit, |f| {
+            Bcast::from_frame(vsn, f).filter(|b| b.topic == topic)
+        })
+        .await
+    }
+
+    /// Reads the broadcasts on `topic` with offsets `offsets`, each exactly once and in order
+    /// (a gap, a duplicate or a reordering fails, naming the offset expected), waiting at most
+    /// `limit` for each. Returns them.
+    pub async fn expect_offsets(
+        &mut self,
+        topic: &str,
+        offsets: std::ops::RangeInclusive<u64>,
+        what: &str,
+        limit: Duration,
+    ) -> Vec<Bcast> {
+        let mut got: Vec<Bcast> = Vec::new();
+        for k in offsets {
+            let b = self
+                .expect_broadcast_within(topic, &format!("{what}: offset {k}"), limit)
+                .await;
+            let prev = got.last().map(|p| (p.offset(), p.event.clone()));
+            assert_eq!(
+                b.offset(),
+                k,
+                "{what}: expected offset {k} (previous: {prev:?}), got {} (event {:?})",
+                b.offset(),
+                b.event
+            );
+            got.push(b);
+        }
+        got
     }
 
     /// Reads until the server's close frame, skipping data frames; returns its code and reason,

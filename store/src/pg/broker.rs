@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use channels::history::Recovery;
+use channels::history::{Page, Recovery};
 use channels::{Broker, BrokerError, Cursor, Envelope, Payload, Publication, Since, TopicKey};
 use sqlx::{PgPool, Row};
 
@@ -149,6 +149,59 @@ impl Broker for PgBroker {
         Ok(Recovery {
             messages,
             recovered,
+            head: head_cursor,
+        })
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicKey,
+        after: &Since,
+        limit: usize,
+    ) -> Result<Page, BrokerError> {
+        let head = self.head(topic).await?;
+        let head_cursor = Cursor::new(self.epoch.clone(), head);
+        let after = match after {
+            Since::Beginning => 0,
+            Since::After(c) if *c.epoch != *self.epoch || c.offset > head => {
+                return Ok(Page {
+                    messages: Vec::new(),
+                    contiguous: false,
+                    head: head_cursor,
+                });
+            }
+            Since::After(c) => c.offset,
+        };
+        let rows = sqlx::query(
+            "select seq, event, payload::text as payload, payload_bytes,
+                    (extract(epoch from created_at) * 1000)::int8 as ms
+             from hub.outbox
+             where topic = $1 and private = $2 and seq > $3
+             order by seq asc
+             limit $4",
+        )
+        .bind(topic.name())
+        .bind(topic.is_private())
+        .bind(after as i64)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let messages = rows
+            .iter()
+            .map(|r| self.envelope(topic, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = messages
+            .first()
+            .and_then(|e| e.cursor.as_ref().map(|c| c.offset));
+        // Retention may have deleted the rows right after the cursor.
+        let contiguous = match first {
+            Some(f) => f == after + 1,
+            None => after >= head,
+        };
+        Ok(Page {
+            messages,
+            contiguous,
             head: head_cursor,
         })
     }

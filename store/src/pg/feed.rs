@@ -32,8 +32,9 @@ const BATCH: i64 = 500;
 /// How often to look for gaps (ids seen missing) while there are any: a rolled-back publisher
 /// never notifies, so a timer resolves its gap.
 const GAP_POLL: Duration = Duration::from_millis(50);
-/// Safety read even without notifications (a missed wake-up costs at most this much delay).
-const IDLE_POLL: Duration = Duration::from_secs(2);
+/// Safety read even without notifications (a wake-up lost while sqlx reconnects the listener
+/// costs at most this much delay).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Most remembered gaps; beyond this the oldest are given up (logged).
 const MAX_GAPS: usize = 100_000;
 /// On start, ids this far below the newest are checked for uncommitted rows.
@@ -64,6 +65,8 @@ pub struct Feed {
     node_id: Arc<str>,
     /// Counters.
     pub stats: Arc<FeedStats>,
+    /// Where reading starts; taken before the node serves anyone (see [`Feed::prepare`]).
+    start: Option<Position>,
 }
 
 /// The feed's position: everything up to `last` was read, except `gaps` (id → the `xmax` of
@@ -90,20 +93,32 @@ impl Feed {
             epoch,
             node_id,
             stats: Arc::new(FeedStats::default()),
+            start: None,
         }
+    }
+
+    /// Reads the start position now. Called before the node accepts connections: a join that
+    /// reads history before the feed knows where it starts could otherwise miss rows committed
+    /// in between (neither in its history read nor delivered live).
+    pub async fn prepare(&mut self) -> Result<(), sqlx::Error> {
+        self.start = Some(self.start_position().await?);
+        Ok(())
     }
 
     /// Runs until the task is dropped or aborted. Never returns an error: connection problems
     /// are retried with backoff, and the position survives them.
-    pub async fn run(self) {
-        let mut pos = loop {
-            match self.start_position().await {
-                Ok(p) => break p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "feed: reading the start position failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+    pub async fn run(mut self) {
+        let mut pos = match self.start.take() {
+            Some(p) => p,
+            None => loop {
+                match self.start_position().await {
+                    Ok(p) => break p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "feed: reading the start position failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
-            }
+            },
         };
         let mut backoff = Duration::from_millis(100);
         loop {

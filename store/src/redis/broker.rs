@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use channels::history::Recovery;
+use channels::history::{Page, Recovery};
 use channels::presence::{MemberId, PresencePayload};
 use channels::{
     Broker, BrokerError, Cursor, Envelope, Payload, Publication, Registry, Since, TopicKey,
@@ -160,6 +160,88 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The oldest `limit` messages after `after` (one page of a catch-up).
+    pub async fn read(
+        &self,
+        topic: &TopicKey,
+        after: &Since,
+        limit: usize,
+    ) -> Result<Page, BrokerError> {
+        let [seq_key, epoch_key, hist_key] = keys_of(topic);
+        let mut conn = self.conn.clone();
+        let (epoch, head): (Option<String>, Option<u64>) = redis::pipe()
+            .get(&epoch_key)
+            .get(&seq_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let head = head.unwrap_or(0);
+        let epoch: Arc<str> = epoch.unwrap_or_default().into();
+        let head_cursor = Cursor::new(epoch.clone(), head);
+        let after = match after {
+            Since::Beginning => 0,
+            Since::After(c) if epoch.is_empty() || c.epoch != epoch || c.offset > head => {
+                return Ok(Page {
+                    messages: Vec::new(),
+                    contiguous: false,
+                    head: head_cursor,
+                });
+            }
+            Since::After(c) => c.offset,
+        };
+        if epoch.is_empty() || limit == 0 {
+            return Ok(Page {
+                messages: Vec::new(),
+                contiguous: after >= head,
+                head: head_cursor,
+            });
+        }
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&hist_key)
+            .arg(format!("({after}-0"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let messages = self.parse_entries(topic, &entries);
+        let first = messages
+            .first()
+            .and_then(|e| e.cursor.as_ref().map(|c| c.offset));
+        let contiguous = match first {
+            Some(f) => f == after + 1,
+            None => after >= head,
+        };
+        Ok(Page {
+            messages,
+            contiguous,
+            head: head_cursor,
+        })
+    }
+
+    fn parse_entries(
+        &self,
+        topic: &TopicKey,
+        entries: &[(String, Vec<(String, String)>)],
+    ) -> Vec<Arc<Envelope>> {
+        let mut messages = Vec::with_capacity(entries.len());
+        for (_, fields) in entries {
+            let Some((_, text)) = fields.iter().find(|(k, _)| k == "e") else {
+                continue;
+            };
+            match WireEnvelope::parse(text).and_then(|w| w.into_envelope(&self.node_id)) {
+                Ok((env, _)) => messages.push(Arc::new(env)),
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "skipping a malformed history entry")
+                }
+            }
+        }
+        messages
+    }
+}
+
 fn unavailable(e: redis::RedisError) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
@@ -306,6 +388,15 @@ impl Broker for RedisBroker {
         limit: usize,
     ) -> Result<Recovery, BrokerError> {
         self.shared.history(topic, since, limit).await
+    }
+
+    async fn read(
+        &self,
+        topic: &TopicKey,
+        after: &Since,
+        limit: usize,
+    ) -> Result<Page, BrokerError> {
+        self.shared.read(topic, after, limit).await
     }
 
     async fn replay(

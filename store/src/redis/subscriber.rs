@@ -21,7 +21,9 @@ use super::envelope::{WireEnvelope, topic_of_channel};
 use super::presence::{self, PresenceMsg};
 
 /// Most messages read from history to fill one gap.
-const GAP_FILL_LIMIT: usize = 10_000;
+const GAP_FILL_LIMIT: usize = 100_000;
+/// Messages read per history page while filling a gap.
+const GAP_PAGE: usize = 1000;
 
 /// Runs until the command channel closes (the broker was dropped).
 pub(crate) async fn run(shared: Arc<Shared>, mut commands: mpsc::Receiver<Command>) {
@@ -183,8 +185,8 @@ fn deliver(shared: &Shared, channel: &str, env: &Arc<Envelope>, origin: Option<c
     shared.registry.deliver(env, origin);
 }
 
-/// Delivers what was published after `last` (and before `upto`, when known) from history, or
-/// tells the topic's members they were not recovered.
+/// Delivers what was published after `last` (and before `upto`, when known) from history, page
+/// by page, or tells the topic's members they were not recovered.
 async fn fill_gap(
     shared: &Shared,
     topic: &TopicKey,
@@ -192,49 +194,60 @@ async fn fill_gap(
     last: &Cursor,
     upto: Option<&Cursor>,
 ) {
-    let rec = shared
-        .history(topic, &Since::After(last.clone()), GAP_FILL_LIMIT)
-        .await;
-    match rec {
-        Ok(rec) if rec.recovered => {
-            for env in rec.messages {
-                if upto.is_some_and(|u| {
-                    env.cursor
-                        .as_ref()
-                        .is_some_and(|c| c.epoch == u.epoch && c.offset >= u.offset)
-                }) {
-                    break;
+    let mut after = last.clone();
+    let mut filled = 0usize;
+    loop {
+        let page = shared
+            .read(topic, &Since::After(after.clone()), GAP_PAGE)
+            .await;
+        match page {
+            Ok(page) if page.contiguous => {
+                let n = page.messages.len();
+                for env in page.messages {
+                    let Some(c) = env.cursor.clone() else {
+                        continue;
+                    };
+                    if upto.is_some_and(|u| c.epoch == u.epoch && c.offset >= u.offset) {
+                        return;
+                    }
+                    shared.stats.gap_fills.fetch_add(1, Ordering::Relaxed);
+                    deliver(shared, channel, &env, None);
+                    after = c;
                 }
-                shared.stats.gap_fills.fetch_add(1, Ordering::Relaxed);
-                deliver(shared, channel, &env, None);
+                filled += n;
+                if n < GAP_PAGE || filled >= GAP_FILL_LIMIT {
+                    return;
+                }
             }
-        }
-        Ok(rec) => {
-            shared.stats.lost_histories.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(topic = %topic, head = %rec.head, "redis: history lost; members not recovered");
-            shared.registry.notify(
-                topic,
-                "error",
-                &format!(
-                    "History not recovered: messages published while the hub's connection to \
-                     Redis was down are no longer available (current cursor {})",
-                    rec.head
-                ),
-            );
-            // Continue from the new history's head: later messages are delivered normally.
-            if let Some(sub) = shared.subs().get_mut(channel) {
-                sub.last = upto.is_none().then_some(rec.head);
+            Ok(page) => {
+                shared.stats.lost_histories.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %topic, head = %page.head, "redis: history lost; members not recovered");
+                shared.registry.notify(
+                    topic,
+                    "error",
+                    &format!(
+                        "History not recovered: messages published while the hub's connection to \
+                         Redis was down are no longer available (current cursor {})",
+                        page.head
+                    ),
+                );
+                // Continue from the new history's head: later messages are delivered normally.
+                if let Some(sub) = shared.subs().get_mut(channel) {
+                    sub.last = upto.is_none().then_some(page.head);
+                }
+                return;
             }
-        }
-        Err(e) => {
-            tracing::warn!(topic = %topic, error = %e, "redis: reading history to fill a gap failed");
-            shared.registry.notify(
-                topic,
-                "error",
-                "History not recovered: messages may have been missed while Redis was unavailable",
-            );
-            if let Some(sub) = shared.subs().get_mut(channel) {
-                sub.last = None;
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "redis: reading history to fill a gap failed");
+                shared.registry.notify(
+                    topic,
+                    "error",
+                    "History not recovered: messages may have been missed while Redis was unavailable",
+                );
+                if let Some(sub) = shared.subs().get_mut(channel) {
+                    sub.last = None;
+                }
+                return;
             }
         }
     }

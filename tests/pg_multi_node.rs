@@ -1,0 +1,150 @@
+//! Several hubs on one database: each delivers every row exactly once to its own members, a
+//! client broadcast on one node reaches the others through the outbox, and a client that drops
+//! from one hub and rejoins another with its last cursor gets what it missed exactly once.
+//!
+//! Needs Postgres: run with `scripts/test`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tests::pg::{TestDb, build_topic, insert_event, join_build, service_token, wait_for};
+use tests::{TestHub, Vsn, WAIT, WsClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_deliver_each_row_once_and_a_client_resumes_on_the_other() {
+    let db = TestDb::create().await;
+    let hub_a = TestHub::spawn_pg(&db.url, |_| {}).await;
+    let hub_b = TestHub::spawn_pg(&db.url, |_| {}).await;
+    let session = db.session(None).await;
+    let topic = build_topic(session);
+    let epoch = db.epoch().await;
+
+    let mut on_a = WsClient::connect(&hub_a, Vsn::V1, &service_token()).await;
+    let mut on_b = WsClient::connect(&hub_b, Vsn::V2, &service_token()).await;
+    join_build(&mut on_a, &topic).await;
+    join_build(&mut on_b, &topic).await;
+
+    // Rows written to the database reach the members of both hubs, once each, in order.
+    for k in 0..50 {
+        db.event(session, "log", "", &json!({"k": k})).await;
+    }
+    let seen_a = on_a
+        .expect_offsets(&topic, 2..=51, "rows on hub A", WAIT)
+        .await;
+    let seen_b = on_b
+        .expect_offsets(&topic, 2..=51, "rows on hub B", WAIT)
+        .await;
+    for (x, y) in seen_a.iter().zip(&seen_b) {
+        assert_eq!(
+            x.json(),
+            y.json(),
+            "both hubs deliver the same row at {}",
+            x.offset()
+        );
+        assert_eq!(x.cursor(), y.cursor(), "with the same cursor");
+    }
+    assert!(
+        seen_a[0].cursor().starts_with(&format!("{epoch}:")),
+        "cursors are in the database's epoch on every node"
+    );
+
+    // A client's broadcast on A reaches B (and not its sender, which did not ask for `self`).
+    let r = on_a
+        .broadcast_json(&topic, "note", json!({"from": "a"}))
+        .await;
+    let b = on_b
+        .expect_broadcast(&topic, "A's client broadcast on hub B")
+        .await;
+    assert_eq!((b.event.as_str(), b.offset()), ("note", 52));
+    assert_eq!(b.json(), &json!({"from": "a"}));
+    db.event(session, "sentinel", "", &json!({})).await;
+    let b = on_a
+        .expect_broadcast(&topic, "the sentinel on A (its own note skipped)")
+        .await;
+    assert_eq!(
+        (b.event.as_str(), b.offset()),
+        ("sentinel", 53),
+        "A's sender skips its own broadcast (ref {r}) and nothing else: {b:?}"
+    );
+    let b = on_b.expect_broadcast(&topic, "the sentinel on B").await;
+    assert_eq!((b.event.as_str(), b.offset()), ("sentinel", 53));
+
+    // A client reads on A, drops, and while rows keep coming, rejoins on B from its cursor.
+    let mut roaming = WsClient::connect(&hub_a, Vsn::V2, &service_token()).await;
+    roaming
+        .join_ok(
+            &topic,
+            json!({"broadcast": {"resume": {"since": seen_a[49].cursor()}}}),
+        )
+        .await;
+    let before_drop = roaming
+        .expect_offsets(&topic, 52..=53, "catch-up on A", WAIT)
+        .await;
+    for k in 0..10 {
+        db.event(session, "log", "", &json!({"k": 100 + k})).await;
+    }
+    let live = roaming
+        .expect_offsets(&topic, 54..=63, "live on A before the drop", WAIT)
+        .await;
+    assert!(before_drop[0].replayed() && !live[0].replayed());
+    let last = live[9].cursor();
+    roaming.drop_abruptly();
+
+    const MORE: u64 = 200;
+    let committed = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (pool, committed) = (db.pool.clone(), committed.clone());
+        tokio::spawn(async move {
+            for k in 0..MORE {
+                insert_event(&pool, session, "log", "", &json!({"k": 1000 + k}))
+                    .await
+                    .unwrap_or_else(|e| panic!("insert {k}: {e}"));
+                committed.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    wait_for("50 more rows are committed", WAIT, || async {
+        committed.load(Ordering::Relaxed) >= 50
+    })
+    .await;
+    let mut back = WsClient::connect(&hub_b, Vsn::V1, &service_token()).await;
+    back.join_ok(&topic, json!({"broadcast": {"resume": {"since": last}}}))
+        .await;
+    let resumed = back
+        .expect_offsets(
+            &topic,
+            64..=63 + MORE,
+            "the missed rows, resumed on B",
+            WAIT,
+        )
+        .await;
+    tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("timed out waiting for the writer")
+        .expect("writer task");
+    for (i, b) in resumed.iter().enumerate() {
+        assert_eq!(b.json()["payload"]["k"], json!(1000 + i as u64), "row {i}");
+    }
+    assert!(
+        resumed[0].replayed(),
+        "the first missed row came from history"
+    );
+    db.event(session, "sentinel", "", &json!({})).await;
+    let end = 64 + MORE;
+    for (c, who) in [(&mut back, "resumed"), (&mut on_a, "A"), (&mut on_b, "B")] {
+        if who != "resumed" {
+            c.expect_offsets(&topic, 54..=63 + MORE, &format!("the rows on {who}"), WAIT)
+                .await;
+        }
+        let b = c
+            .expect_broadcast(&topic, &format!("the last sentinel ({who})"))
+            .await;
+        assert_eq!(
+            (b.event.as_str(), b.offset()),
+            ("sentinel", end),
+            "{who}: nothing duplicated before the sentinel: {b:?}"
+        );
+    }
+}
