@@ -42,6 +42,9 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// One publisher, many subscribers: delivery ratio, publish→receive latency, server CPU.
     Fanout(FanoutArgs),
+    /// Rows inserted into `build_events` → viewers of `build:<session>`: delivery ratio,
+    /// insert→receive latency, commit times, server CPU. Needs the hub's database.
+    PgFeed(PgFeedArgs),
 }
 
 impl Scenario {
@@ -50,6 +53,20 @@ impl Scenario {
         match self {
             Self::Idle(a) => &a.common,
             Self::Fanout(a) => &a.common,
+            Self::PgFeed(a) => &a.common,
+        }
+    }
+
+    /// Connections this process opens: WebSocket connections, plus database connections for
+    /// pg-feed (one per inserter and one for setup).
+    pub fn sockets(&self) -> usize {
+        match self {
+            Self::Idle(a) => a.spread.conns,
+            Self::Fanout(a) => a.spread.conns + usize::from(a.publishers),
+            Self::PgFeed(a) => a
+                .sessions
+                .saturating_mul(a.viewers)
+                .saturating_add(a.inserters + 1),
         }
     }
 }
@@ -70,22 +87,10 @@ pub struct Common {
     #[arg(long, env = "HUB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
-    /// HS256 secret to mint the `apikey` JWT with (role `authenticated`).
+    /// HS256 secret to mint the `apikey` JWT with (role `authenticated`; `service_role` for
+    /// pg-feed).
     #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-
-    /// Connections this process opens (subscribers, for fanout). Split larger runs over several
-    /// processes, each with its share.
-    #[arg(long, default_value_t = 100)]
-    pub conns: usize,
-
-    /// Number of topics the connections are spread over (`realtime:<prefix>-<k>`).
-    #[arg(long, default_value_t = 1)]
-    pub topics: usize,
-
-    /// Topic name prefix; processes sharing a run must use the same one.
-    #[arg(long, default_value = "loadtest")]
-    pub topic_prefix: String,
 
     /// Connections being opened or joined at the same time. Keep it below the server's listen
     /// backlog (128 with tokio's `TcpListener::bind`): connects beyond it overflow the SYN queue
@@ -93,7 +98,7 @@ pub struct Common {
     #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
 
-    /// How long to hold (idle) or publish (fanout), e.g. `10s`, `500ms`, `2m`.
+    /// How long to hold (idle), publish (fanout) or insert (pg-feed), e.g. `10s`, `500ms`, `2m`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
@@ -111,12 +116,12 @@ pub struct Common {
     pub json: Option<PathBuf>,
 
     /// Fail (exit code 3) when the scenario's main latency p99 exceeds this many milliseconds
-    /// (fanout: publish→receive; idle: join).
+    /// (fanout: publish→receive; pg-feed: insert→receive; idle: join).
     #[arg(long)]
     pub expect_p99: Option<f64>,
 
-    /// Fail (exit code 3) when delivered/expected (fanout) or joined/requested (idle) is below
-    /// this ratio, e.g. `1.0`.
+    /// Fail (exit code 3) when delivered/expected (fanout, pg-feed) or joined/requested (idle) is
+    /// below this ratio, e.g. `1.0`.
     #[arg(long)]
     pub expect_delivered: Option<f64>,
 
@@ -141,6 +146,23 @@ pub struct Common {
     pub progress: ProgressMode,
 }
 
+/// How many connections a crowd scenario opens and over which topics (idle, fanout).
+#[derive(Debug, Clone, Args)]
+pub struct Spread {
+    /// Connections this process opens (subscribers, for fanout). Split larger runs over several
+    /// processes, each with its share.
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+
+    /// Number of topics the connections are spread over (`realtime:<prefix>-<k>`).
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+
+    /// Topic name prefix; processes sharing a run must use the same one.
+    #[arg(long, default_value = "loadtest")]
+    pub topic_prefix: String,
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProgressMode {
@@ -158,6 +180,10 @@ pub struct IdleArgs {
     /// Shared flags.
     #[command(flatten)]
     pub common: Common,
+
+    /// Connections and topics.
+    #[command(flatten)]
+    pub spread: Spread,
 
     /// Longest wait for the server's RSS to stop growing after the last join.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -181,9 +207,13 @@ pub struct IdleArgs {
 /// Flags of the `fanout` scenario.
 #[derive(Debug, Clone, Args)]
 pub struct FanoutArgs {
-    /// Shared flags (`--conns` is the number of subscribers).
+    /// Shared flags.
     #[command(flatten)]
     pub common: Common,
+
+    /// Subscribers (`--conns`) and their topics.
+    #[command(flatten)]
+    pub spread: Spread,
 
     /// Messages per second published, in total over all topics (round-robin).
     #[arg(long, default_value_t = 1000)]
@@ -214,6 +244,52 @@ pub struct FanoutArgs {
     #[arg(long)]
     pub expect_per_cpu: Option<f64>,
 }
+
+/// Flags of the `pg-feed` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct PgFeedArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// The database the hub serves from, e.g. `postgres://postgres@127.0.0.1:5432/hub`. Sessions
+    /// are created and rows inserted there; the hub must have applied its migrations to it.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Build sessions created for the run; each is one topic `build:<id>`.
+    #[arg(long, default_value_t = 100)]
+    pub sessions: usize,
+
+    /// Viewers (WebSocket connections) joined to each session's topic.
+    #[arg(long, default_value_t = 10)]
+    pub viewers: usize,
+
+    /// Rows inserted per second in total, round-robin over the sessions, each in its own
+    /// transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+
+    /// Database connections inserting concurrently, each taking the next due row, so one slow
+    /// commit does not hold up the schedule.
+    #[arg(long, default_value_t = 4)]
+    pub inserters: usize,
+
+    /// How long to wait for stragglers after inserting ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Keep the sessions and their events instead of deleting them at the end.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Fail (exit code 3) when more duplicate deliveries than this arrived, e.g. `0`.
+    #[arg(long)]
+    pub expect_duplicates: Option<u64>,
+}
+
+/// Most concurrent inserting connections (`--inserters`).
+pub const MAX_INSERTERS: usize = 64;
 
 /// Client source addresses, used round-robin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,15 +355,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Checks the limits clap cannot express; returns a message naming the flag.
 pub fn validate(scenario: &Scenario) -> Result<(), String> {
     let c = scenario.common();
-    if c.conns == 0 && !matches!(scenario, Scenario::Fanout(f) if f.publishers > 0) {
-        return Err("--conns must be at least 1".into());
-    }
-    if c.conns > MAX_CONNS {
-        return Err(format!("--conns is at most {MAX_CONNS} per process"));
-    }
-    if c.topics == 0 || c.topics > c.conns.max(1) {
-        return Err("--topics must be between 1 and --conns".into());
-    }
     if c.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
@@ -300,35 +367,96 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
     if c.threads == Some(0) {
         return Err("--threads must be at least 1".into());
     }
-    if let Scenario::Fanout(f) = scenario {
-        if f.rate == 0 {
-            return Err("--rate must be at least 1".into());
-        }
-        let total = messages_total(f.rate, c.duration);
-        if total > MAX_MESSAGES {
-            return Err(format!(
-                "--rate × --duration is {total} messages; at most {MAX_MESSAGES} per run"
-            ));
-        }
-        if f.size > MAX_SIZE {
-            return Err(format!("--size is at most {MAX_SIZE} bytes"));
-        }
-        if f.event.is_empty() || f.event.len() > 255 {
-            return Err("--event must be 1 to 255 bytes".into());
-        }
-        // Each subscriber keeps one bit per message of its topic to find duplicates.
-        let bits_per_sub = total.div_ceil(c.topics as u64);
-        let bytes = bits_per_sub.div_ceil(8) * c.conns as u64;
-        if bytes > MAX_SEEN_BYTES {
-            return Err(format!(
-                "--conns × --rate × --duration / --topics needs {} MiB of duplicate-tracking bits; \
-                 at most {} MiB per process (split the run or shorten it)",
-                bytes >> 20,
-                MAX_SEEN_BYTES >> 20
-            ));
-        }
+    match scenario {
+        Scenario::Idle(a) => validate_spread(&a.spread, false),
+        Scenario::Fanout(f) => validate_fanout(f),
+        Scenario::PgFeed(p) => validate_pg_feed(p),
+    }
+}
+
+/// `--conns` and `--topics`; `--conns 0` only when this process publishes.
+fn validate_spread(s: &Spread, publishes: bool) -> Result<(), String> {
+    if s.conns == 0 && !publishes {
+        return Err("--conns must be at least 1".into());
+    }
+    if s.conns > MAX_CONNS {
+        return Err(format!("--conns is at most {MAX_CONNS} per process"));
+    }
+    if s.topics == 0 || s.topics > s.conns.max(1) {
+        return Err("--topics must be between 1 and --conns".into());
     }
     Ok(())
+}
+
+fn validate_fanout(f: &FanoutArgs) -> Result<(), String> {
+    let s = &f.spread;
+    validate_spread(s, f.publishers > 0)?;
+    if f.rate == 0 {
+        return Err("--rate must be at least 1".into());
+    }
+    let total = messages_total(f.rate, f.common.duration);
+    if total > MAX_MESSAGES {
+        return Err(format!(
+            "--rate × --duration is {total} messages; at most {MAX_MESSAGES} per run"
+        ));
+    }
+    if f.size > MAX_SIZE {
+        return Err(format!("--size is at most {MAX_SIZE} bytes"));
+    }
+    if f.event.is_empty() || f.event.len() > 255 {
+        return Err("--event must be 1 to 255 bytes".into());
+    }
+    // Each subscriber keeps one bit per message of its topic to find duplicates.
+    let bytes = seen_bytes(total, s.topics, s.conns);
+    if bytes > MAX_SEEN_BYTES {
+        return Err(format!(
+            "--conns × --rate × --duration / --topics needs {} MiB of duplicate-tracking bits; \
+             at most {} MiB per process (split the run or shorten it)",
+            bytes >> 20,
+            MAX_SEEN_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+fn validate_pg_feed(p: &PgFeedArgs) -> Result<(), String> {
+    if p.sessions == 0 || p.viewers == 0 {
+        return Err("--sessions and --viewers must be at least 1".into());
+    }
+    let conns = p.sessions.saturating_mul(p.viewers);
+    if conns > MAX_CONNS {
+        return Err(format!(
+            "--sessions × --viewers is at most {MAX_CONNS} connections per process"
+        ));
+    }
+    if p.rate == 0 {
+        return Err("--rate must be at least 1".into());
+    }
+    let total = messages_total(p.rate, p.common.duration);
+    if total > MAX_MESSAGES {
+        return Err(format!(
+            "--rate × --duration is {total} rows; at most {MAX_MESSAGES} per run"
+        ));
+    }
+    if p.inserters == 0 || p.inserters > MAX_INSERTERS {
+        return Err(format!("--inserters must be between 1 and {MAX_INSERTERS}"));
+    }
+    let bytes = seen_bytes(total, p.sessions, conns);
+    if bytes > MAX_SEEN_BYTES {
+        return Err(format!(
+            "--sessions × --viewers × --rate × --duration / --sessions needs {} MiB of \
+             duplicate-tracking bits; at most {} MiB per process",
+            bytes >> 20,
+            MAX_SEEN_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes of "seen" bits when `conns` receivers share `total` messages spread over `topics`.
+fn seen_bytes(total: u64, topics: usize, conns: usize) -> u64 {
+    let bits_per_conn = total.div_ceil(topics.max(1) as u64);
+    bits_per_conn.div_ceil(8).saturating_mul(conns as u64)
 }
 
 /// Messages a publisher sends in a run: `rate × duration`, rounded down.
@@ -416,7 +544,7 @@ mod tests {
         let Scenario::Fanout(f) = &cli.scenario else {
             panic!("fanout expected");
         };
-        assert_eq!(f.common.conns, 1000);
+        assert_eq!(f.spread.conns, 1000);
         assert_eq!(f.common.url.len(), 2);
         assert_eq!(f.common.server_pid, vec![12, 13]);
         assert_eq!(f.common.src_ips.as_ref().unwrap().0.len(), 20);
@@ -437,6 +565,65 @@ mod tests {
         assert!(validate(&parse(&["fanout", "--size", "2000000"])).is_err());
         assert!(validate(&parse(&["fanout", "--conns", "0"])).is_ok());
         assert!(Cli::try_parse_from(["loadtest", "fanout", "--publishers", "2"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_a_pg_feed_run() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "pg-feed",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:5432/lt",
+            "--sessions",
+            "100",
+            "--viewers",
+            "10",
+            "--rate",
+            "1000",
+            "--inserters",
+            "4",
+            "--duration",
+            "10s",
+            "--expect-p99",
+            "3",
+            "--expect-duplicates",
+            "0",
+            "--keep",
+        ])
+        .unwrap();
+        let Scenario::PgFeed(p) = &cli.scenario else {
+            panic!("pg-feed expected");
+        };
+        assert_eq!(
+            (p.sessions, p.viewers, p.rate, p.inserters),
+            (100, 10, 1000, 4)
+        );
+        assert_eq!(p.expect_duplicates, Some(0));
+        assert!(p.keep);
+        assert_eq!(cli.scenario.sockets(), 1000 + 4 + 1);
+        assert!(validate(&cli.scenario).is_ok());
+        // The crowd flags of idle and fanout do not apply here.
+        assert!(
+            Cli::try_parse_from(["loadtest", "pg-feed", "--database-url", "x", "--conns", "5"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn pg_feed_validation_bounds_the_run() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["loadtest", "pg-feed", "--database-url", "postgres://h/db"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().scenario
+        };
+        assert!(validate(&parse(&[])).is_ok());
+        assert!(validate(&parse(&["--sessions", "0"])).is_err());
+        assert!(validate(&parse(&["--viewers", "0"])).is_err());
+        assert!(validate(&parse(&["--rate", "0"])).is_err());
+        assert!(validate(&parse(&["--inserters", "0"])).is_err());
+        assert!(validate(&parse(&["--inserters", "65"])).is_err());
+        assert!(validate(&parse(&["--sessions", "2000", "--viewers", "1000"])).is_err());
+        assert!(validate(&parse(&["--rate", "100000", "--duration", "1h"])).is_err());
     }
 
     #[test]

@@ -9,7 +9,13 @@
 //! HUB_JWT_SECRET=<secret> target/release/loadtest fanout --conns 1000 --rate 1000 --size 100 \
 //!     --duration 10s --src-ips 127.0.0.1-127.0.0.20 --server-pid <hub pid> \
 //!     --expect-p99 50 --expect-delivered 1 --expect-per-cpu 1000000 --json fanout.json
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/hub HUB_JWT_SECRET=<secret> \
+//!     target/release/loadtest pg-feed --sessions 100 --viewers 10 --rate 1000 --duration 10s \
+//!     --server-pid <hub pid> --expect-p99 3 --expect-delivered 1 --expect-duplicates 0
 //! ```
+//!
+//! pg-feed needs the hub serving from `DATABASE_URL` (it inserts rows there and the hub's
+//! triggers publish them); it creates its build sessions and deletes them at the end.
 //!
 //! `--help` on each scenario lists every flag. A run larger than one process's open-file limit
 //! is split: start each share with its own `--conns` (and `--publishers 0` for fanout's
@@ -25,6 +31,7 @@
 mod args;
 mod client;
 mod clock;
+mod db;
 mod live;
 mod metrics;
 mod payload;

@@ -3,6 +3,10 @@
 //! `t` is the send time on [`crate::clock`], `s` the per-topic sequence number. Subscribers read
 //! both with a byte scan instead of a JSON parse: at a million deliveries a second the receive
 //! path must not allocate or build a tree per message.
+//!
+//! pg-feed's stamps travel inside a database row instead: the hub delivers the `build_events`
+//! row as `{"id": …, "payload": {"s": 0, "t": 1763…}, …}` (Postgres' jsonb text, with spaces),
+//! and [`scan_row`] reads the inner object the same way, allocation-free.
 
 use std::io::Write as _;
 
@@ -45,6 +49,39 @@ pub fn scan(payload: &[u8]) -> Option<Stamp> {
         t: field(payload, br#""t":"#)?,
         s: field(payload, br#""s":"#)?,
     })
+}
+
+/// Finds `t` and `s` in the `payload` object of a row: `{…, "payload": {"s": 1, "t": 2}, …}`,
+/// in jsonb's spaced text form or compact, keys in any order. `None` when the row has no
+/// `payload` object or it lacks either number.
+pub fn scan_row(row: &[u8]) -> Option<Stamp> {
+    let key = br#""payload""#;
+    let at = memmem::find(row, key)? + key.len();
+    let inner = after_colon(&row[at..])?.strip_prefix(b"{")?;
+    // The inner object is ours and flat (two numbers), so its first `}` ends it; bounding the
+    // search keeps the row's other fields out of it.
+    let inner = &inner[..memchr::memchr(b'}', inner)?];
+    Some(Stamp {
+        t: spaced_field(inner, br#""t""#)?,
+        s: spaced_field(inner, br#""s""#)?,
+    })
+}
+
+/// The unsigned integer of `key` (a quoted key) in `hay`, allowing spaces around the colon.
+fn spaced_field(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memmem::find(hay, key)? + key.len();
+    number(after_colon(&hay[at..])?).map(|(n, _)| n)
+}
+
+/// What follows `\s*:\s*` at the start of `b`.
+fn after_colon(b: &[u8]) -> Option<&[u8]> {
+    let b = skip_space(b).strip_prefix(b":")?;
+    Some(skip_space(b))
+}
+
+fn skip_space(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
 }
 
 /// The unsigned integer right after `key`, found by substring search.
@@ -108,5 +145,37 @@ mod tests {
         assert_eq!(scan(br#"{"t":1}"#), None);
         assert_eq!(scan(br#"{"t":99999999999999999999999,"s":1}"#), None);
         assert_eq!(scan(b""), None);
+    }
+
+    #[test]
+    fn rows_are_read_in_jsonb_and_compact_form() {
+        // What `payload::text` of the build_events trigger's object looks like.
+        let jsonb = br#"{"id": "0b7e5a3c-1d2f-4e5a-9b8c-7d6e5f4a3b2c", "ts": "2026-11-22T03:00:00.123456+00:00", "type": "loadtest", "message": "x", "payload": {"s": 41, "t": 1763780000123456789}, "session_id": "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"}"#;
+        assert_eq!(
+            scan_row(jsonb),
+            Some(Stamp {
+                t: 1_763_780_000_123_456_789,
+                s: 41
+            })
+        );
+        let compact = br#"{"id":"a","message":"x","payload":{"t":7,"s":8},"session_id":"b","ts":"c","type":"loadtest"}"#;
+        assert_eq!(scan_row(compact), Some(Stamp { t: 7, s: 8 }));
+        let spaced = b"{\"payload\" :\n {\"t\" : 1 ,\"s\":\t2}}";
+        assert_eq!(scan_row(spaced), Some(Stamp { t: 1, s: 2 }));
+    }
+
+    #[test]
+    fn rows_without_our_stamp_are_refused() {
+        for bad in [
+            &br#"{"id": "a", "status": "queued"}"#[..],
+            br#"{"payload": {}}"#,
+            br#"{"payload": {"t": 1}, "s": 2}"#,
+            br#"{"payload": "x", "t": 1, "s": 2}"#,
+            br#"{"payload": {"t": "1", "s": 2}}"#,
+            br#"{"payload": {"t": -1, "s": 2}}"#,
+            b"",
+        ] {
+            assert_eq!(scan_row(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

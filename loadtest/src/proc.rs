@@ -5,6 +5,7 @@
 //! under test, and summing several pids covers a hub split over processes. The same reader on
 //! our own pid tells whether the client, not the server, was the bottleneck.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -131,6 +132,60 @@ fn parse_machine_busy_ticks(stat: &str) -> Option<u64> {
     Some(user + nice + system + irq + softirq + steal)
 }
 
+/// CPU time of each of `pids` that can still be read (processes that ended are left out).
+pub fn cpu_by_pid(pids: &[u32]) -> BTreeMap<u32, Duration> {
+    let tck = clk_tck();
+    pids.iter()
+        .filter_map(|&pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, ticks_to_duration(parse_cpu_ticks(&stat)?, tck)))
+        })
+        .collect()
+}
+
+/// CPU used from `before` to `after` by the processes in `after`, split into those in `ours`
+/// and the rest. A process that started in between counts from zero; one that ended is missing
+/// from `after` and its share is lost.
+pub fn cpu_split(
+    before: &BTreeMap<u32, Duration>,
+    after: &BTreeMap<u32, Duration>,
+    ours: &[u32],
+) -> (Duration, Duration) {
+    let (mut mine, mut rest) = (Duration::ZERO, Duration::ZERO);
+    for (pid, cpu) in after {
+        let used = cpu.saturating_sub(before.get(pid).copied().unwrap_or_default());
+        if ours.contains(pid) {
+            mine += used;
+        } else {
+            rest += used;
+        }
+    }
+    (mine, rest)
+}
+
+/// Postgres backend processes serving database `db`, found by their process titles.
+pub fn postgres_backends(db: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| is_backend_of(&String::from_utf8_lossy(&c), db))
+        })
+        .collect()
+}
+
+/// Whether a process title is a Postgres backend (or autovacuum worker) of database `db`:
+/// `postgres: [<cluster>:] <user> <db> <client> <activity>`.
+pub fn is_backend_of(title: &str, db: &str) -> bool {
+    let Some(rest) = title.strip_prefix("postgres: ") else {
+        return false;
+    };
+    rest.split(|c: char| c.is_whitespace() || c == '\0')
+        .any(|word| word == db)
+}
+
 /// The soft limit on open files of this process, from `/proc/self/limits`.
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -176,6 +231,45 @@ mod tests {
         assert_eq!(parse_machine_busy_ticks(stat), Some(161));
         assert_eq!(parse_machine_busy_ticks("cpu0 1 2\n"), None);
         assert!(machine_busy().is_some());
+    }
+
+    #[test]
+    fn postgres_backends_are_told_by_their_titles() {
+        let db = "loadtest_pg";
+        assert!(is_backend_of(
+            "postgres: 15/main: postgres loadtest_pg 127.0.0.1(38044) idle",
+            db
+        ));
+        assert!(is_backend_of(
+            "postgres: u loadtest_pg [local] INSERT\0\0",
+            db
+        ));
+        assert!(is_backend_of(
+            "postgres: 15/main: autovacuum worker loadtest_pg",
+            db
+        ));
+        assert!(!is_backend_of("postgres: 15/main: checkpointer", db));
+        assert!(!is_backend_of(
+            "postgres: 15/main: u loadtest_pg2 127.0.0.1(1) idle",
+            db
+        ));
+        assert!(!is_backend_of(
+            "/usr/lib/postgresql/15/bin/postgres -D loadtest_pg",
+            db
+        ));
+        assert!(!postgres_backends("no such database here").contains(&std::process::id()));
+    }
+
+    #[test]
+    fn cpu_splits_into_ours_and_the_rest() {
+        let ms = Duration::from_millis;
+        let before = BTreeMap::from([(1, ms(100)), (2, ms(50)), (3, ms(10))]);
+        // 3 ended; 4 started in between.
+        let after = BTreeMap::from([(1, ms(400)), (2, ms(60)), (4, ms(5))]);
+        assert_eq!(cpu_split(&before, &after, &[1]), (ms(300), ms(15)));
+        assert_eq!(cpu_split(&before, &after, &[]), (ms(0), ms(315)));
+        let own = cpu_by_pid(&[std::process::id(), u32::MAX]);
+        assert_eq!(own.len(), 1);
     }
 
     #[test]

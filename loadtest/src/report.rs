@@ -92,6 +92,8 @@ pub struct Report {
     latencies: Vec<(&'static str, &'static str, Summary)>,
     errors: BTreeMap<String, u64>,
     checks: Vec<Check>,
+    /// How to read the figures (what a latency spans, what a figure includes).
+    notes: Vec<String>,
     /// Ctrl-C cut the run short: the figures are partial.
     interrupted: bool,
 }
@@ -106,8 +108,14 @@ impl Report {
             latencies: Vec::new(),
             errors: BTreeMap::new(),
             checks: Vec::new(),
+            notes: Vec::new(),
             interrupted: false,
         }
+    }
+
+    /// Adds a sentence on how to read the figures, shown under the latencies.
+    pub fn note(&mut self, text: impl Into<String>) {
+        self.notes.push(text.into());
     }
 
     /// Marks the report as cut short by Ctrl-C.
@@ -228,6 +236,9 @@ impl Report {
                 );
             }
         }
+        for n in &self.notes {
+            let _ = writeln!(s, "  note: {n}");
+        }
         if self.errors.is_empty() {
             let _ = writeln!(s, "  errors: none");
         } else {
@@ -274,6 +285,7 @@ impl Report {
             "latency": latencies,
             "errors": self.errors,
             "checks": checks,
+            "notes": self.notes,
             "passed": self.passed(),
             "interrupted": self.interrupted,
         })
@@ -343,6 +355,7 @@ mod tests {
         );
         r.error("connect timeout", 2);
         r.error("nothing", 0);
+        r.note("publish→receive runs from the publisher's write");
         r
     }
 
@@ -373,6 +386,10 @@ mod tests {
         assert!(t.contains("publish→receive"), "{t}");
         assert!(t.contains("3.000"), "{t}");
         assert!(t.contains("2  connect timeout"), "{t}");
+        assert!(
+            t.contains("note: publish→receive runs from the publisher's write"),
+            "{t}"
+        );
         assert!(!t.contains("nothing"), "{t}");
         assert!(t.contains("PASS  p99 publish→receive <= 50 ms"), "{t}");
         assert!(t.contains("FAIL  delivered/expected >= 1"), "{t}");
@@ -390,6 +407,10 @@ mod tests {
         assert!(j["figures"]["server_cpu_s"].is_null());
         assert_eq!(j["latency"]["publish_receive"]["p99_ms"], 3.0);
         assert_eq!(j["errors"]["connect timeout"], 2);
+        assert_eq!(
+            j["notes"][0],
+            "publish→receive runs from the publisher's write"
+        );
         assert_eq!(j["passed"], true);
     }
 

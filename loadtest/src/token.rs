@@ -11,11 +11,23 @@ use sha2::Sha256;
 /// How long a minted token stays valid beyond the run, so a slow run never sees it expire.
 const SLACK_SECS: u64 = 3600;
 
-/// Mints an HS256 token with `role: authenticated`, the given `sub`, valid for `valid_secs`
-/// plus an hour from `now_unix`.
-pub fn mint(secret: &[u8], sub: &str, now_unix: u64, valid_secs: u64) -> anyhow::Result<String> {
+/// The role a load-test client normally connects as.
+pub const AUTHENTICATED: &str = "authenticated";
+
+/// The backend's role, which may join any topic (`build:` topics of sessions it does not own).
+pub const SERVICE_ROLE: &str = "service_role";
+
+/// Mints an HS256 token with the given `role` and `sub`, valid for `valid_secs` plus an hour
+/// from `now_unix`.
+pub fn mint(
+    secret: &[u8],
+    role: &str,
+    sub: &str,
+    now_unix: u64,
+    valid_secs: u64,
+) -> anyhow::Result<String> {
     let claims = serde_json::json!({
-        "role": "authenticated",
+        "role": role,
         "sub": sub,
         "iat": now_unix,
         "exp": now_unix + valid_secs + SLACK_SECS,
@@ -52,7 +64,7 @@ mod tests {
 
     #[test]
     fn minted_claims_carry_role_sub_and_exp() {
-        let t = mint(b"s", "lt-1", 1_000, 60).unwrap();
+        let t = mint(b"s", AUTHENTICATED, "lt-1", 1_000, 60).unwrap();
         let parts: Vec<&str> = t.split('.').collect();
         assert_eq!(parts.len(), 3);
         let claims: serde_json::Value =
@@ -60,5 +72,10 @@ mod tests {
         assert_eq!(claims["role"], "authenticated");
         assert_eq!(claims["sub"], "lt-1");
         assert_eq!(claims["exp"], 1_000 + 60 + SLACK_SECS);
+        let t = mint(b"s", SERVICE_ROLE, "lt-1", 1_000, 60).unwrap();
+        let body = t.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
+        assert_eq!(claims["role"], "service_role");
     }
 }

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::crowd::{self, Crowd};
-use super::publisher::{self, Plan, Published};
+use super::publisher::{self, Plan};
 use super::subscriber::Subscriber;
-use super::{Ctx, cpu_delta, rss};
+use super::{Ctx, Window, cpu_delta, drain, rss};
 use crate::args::FanoutArgs;
 use crate::live::Live;
 use crate::metrics::{ShardedHist, Summary};
-use crate::proc::{self, Sample};
 use crate::progress::Progress;
 use crate::report::{Num, Report};
 use crate::session::{self, CLOSE_GRACE, End};
@@ -36,15 +35,16 @@ const PUB_READ_BUF: usize = 1024;
 /// this runs on, so every thread records into its own.
 const LATENCY_SHARDS: usize = 16;
 
-/// How often delivery progress is checked while waiting for stragglers.
-const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How often a subscriber-only process checks for the first delivery.
+const FIRST_POLL: Duration = Duration::from_millis(5);
 
 /// Runs the scenario.
 pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     let c = &ctx.common;
+    let sp = &args.spread;
     let topics: Arc<Vec<String>> = Arc::new(
-        (0..c.topics)
-            .map(|k| phoenix::topic_name(&c.topic_prefix, k))
+        (0..sp.topics)
+            .map(|k| phoenix::topic_name(&sp.topic_prefix, k))
             .collect(),
     );
     let plan = Plan::new(
@@ -58,7 +58,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         c.progress,
         ctx.live.clone(),
         ctx.server.clone(),
-        (c.conns + usize::from(args.publishers)) as u64,
+        (sp.conns + usize::from(args.publishers)) as u64,
     );
     let server_start = ctx.server_sample();
     let own_start = ctx.own_sample();
@@ -66,14 +66,14 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     ctx.live.set_phase("subscribing");
     let wire: Vec<Arc<str>> = topics.iter().map(|t| Arc::from(t.as_str())).collect();
     let latency = Arc::new(ShardedHist::new(LATENCY_SHARDS)?);
-    let subs = (0..c.conns)
+    let subs = (0..sp.conns)
         .map(|i| {
             let k = i % topics.len();
             Subscriber::new(wire[k].clone(), plan.per_topic(k), latency.clone())
         })
         .collect();
     let mut crowd = Crowd::spawn(&ctx, 0, topics.clone(), SUB_READ_BUF, subs);
-    let opens = crowd.opened(crowd::open_limit(&ctx, c.conns)).await?;
+    let opens = crowd.opened(crowd::open_limit(&ctx, sp.conns)).await?;
     let server_joined = ctx.server_sample();
     let expected: u64 = opens
         .per_topic
@@ -85,10 +85,11 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     let mut report = Report::new("fanout");
     let mut window = Window::default();
     let mut publisher = None;
+    let mut published = None;
     if args.publishers > 0 {
         ctx.live.set_phase("joining publisher");
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let dial = ctx.dial(c.conns, PUB_READ_BUF);
+        let dial = ctx.dial(sp.conns, PUB_READ_BUF);
         match session::open(dial, &ctx.live, &names).await {
             Ok((mut conn, _)) => {
                 Live::add(&ctx.live.joined, 1);
@@ -126,9 +127,9 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     ctx.live.set_phase("closing");
     ctx.stop.cancel();
     let publisher_clean = match publisher.take() {
-        Some((conn, published)) => {
+        Some((conn, p)) => {
             let clean = conn.close(CLOSE_GRACE).await;
-            window.published = Some(published);
+            published = Some(p);
             clean
         }
         None => false,
@@ -163,7 +164,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     r.figure(
         "subscribers_requested",
         "subscribers requested",
-        Num::Int(c.conns as u64),
+        Num::Int(sp.conns as u64),
         "",
     );
     r.figure(
@@ -190,8 +191,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         Num::Int(plan.total),
         "msgs",
     );
-    let sent = window
-        .published
+    let sent = published
         .as_ref()
         .map_or(Num::Missing, |p| Num::Int(p.sent));
     r.figure("messages_sent", "messages published", sent, "msgs");
@@ -214,8 +214,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         Num::Int(t.unexpected),
         "",
     );
-    let publish_s = window
-        .published
+    let publish_s = published
         .as_ref()
         .map_or(Num::Missing, |p| Num::Float(p.elapsed.as_secs_f64()));
     r.figure("publish_s", "publishing took", publish_s, "s");
@@ -235,12 +234,9 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         delivery_s.map_or(Num::Missing, |d| Num::float(t.unique as f64 / d)),
         "msgs/s",
     );
-    let cpu = cpu_delta(window.cpu_start, window.cpu_end);
+    let cpu = window.server_cpu();
     r.figure("server_cpu_s", "server CPU, publish to drain", cpu, "s");
-    let drain_s = match (window.start, window.drain_end) {
-        (Some(s), Some(e)) => Some(e.saturating_duration_since(s).as_secs_f64()),
-        _ => None,
-    };
+    let drain_s = window.drain_s();
     r.figure(
         "server_cpu_pct",
         "server CPU utilisation then",
@@ -268,7 +264,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     r.figure(
         "client_cpu_window_s",
         "loadtest CPU, publish to drain",
-        cpu_delta(window.own_start, window.own_end),
+        window.own_cpu(),
         "s",
     );
     r.figure(
@@ -319,7 +315,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     r.latency("connect", "connect+upgrade", Summary::of(&opens.connect));
     r.latency("join", "join", Summary::of(&opens.join));
     r.errors(&opens.errors);
-    if let Some(e) = window.published.as_ref().and_then(|p| p.error.clone()) {
+    if let Some(e) = published.as_ref().and_then(|p| p.error.clone()) {
         r.error(e, 1);
     }
     r.error("task did not end in time", lost);
@@ -343,60 +339,6 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Times and samples bracketing the measured window.
-#[derive(Debug, Default)]
-struct Window {
-    /// First message due (or, without a local publisher, first message received).
-    start: Option<Instant>,
-    /// Last message written (or start plus `--duration`).
-    publish_end: Option<Instant>,
-    /// Every expected delivery arrived, or the grace period ran out.
-    drain_end: Option<Instant>,
-    /// `start` on [`clock`], to compare with the subscribers' receive times.
-    start_ns: Option<u64>,
-    /// Server figures at those moments.
-    cpu_start: Option<Sample>,
-    cpu_publish_end: Option<Sample>,
-    cpu_end: Option<Sample>,
-    /// Our own figures and the whole machine's busy time at start and end.
-    own_start: Option<Sample>,
-    own_end: Option<Sample>,
-    machine_start: Option<Duration>,
-    machine_end: Option<Duration>,
-    /// The local publisher's result.
-    published: Option<Published>,
-}
-
-impl Window {
-    fn mark_start(&mut self, ctx: &Ctx) {
-        self.cpu_start = ctx.server_sample();
-        self.own_start = ctx.own_sample();
-        self.machine_start = proc::machine_busy();
-    }
-
-    fn mark_end(&mut self, ctx: &Ctx) {
-        self.cpu_end = ctx.server_sample();
-        self.own_end = ctx.own_sample();
-        self.machine_end = proc::machine_busy();
-    }
-
-    /// CPU seconds other processes used during the window: the machine's busy time minus the
-    /// server's and ours. Large values mean the figures were taken on a busy machine.
-    fn other_cpu(&self) -> Num {
-        let (Some(a), Some(b)) = (self.machine_start, self.machine_end) else {
-            return Num::Missing;
-        };
-        let machine = b.saturating_sub(a).as_secs_f64();
-        match (
-            cpu_delta(self.cpu_start, self.cpu_end).as_f64(),
-            cpu_delta(self.own_start, self.own_end).as_f64(),
-        ) {
-            (Some(server), Some(own)) => Num::Float((machine - server - own).max(0.0)),
-            _ => Num::Missing,
-        }
-    }
-}
-
 /// Subscriber totals.
 #[derive(Debug, Default)]
 struct Totals {
@@ -411,19 +353,6 @@ struct Totals {
     last_rx_ns: u64,
 }
 
-/// Waits until every expected delivery arrived (as the live counter sees it) or `deadline`;
-/// returns when it stopped.
-async fn drain(ctx: &Ctx, expected: u64, deadline: Instant) -> Instant {
-    loop {
-        let now = Instant::now();
-        if Live::get(&ctx.live.delivered) >= expected || now >= deadline || ctx.stop.is_cancelled()
-        {
-            return now;
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-}
-
 /// Subscriber-only processes: waits for the first delivery (bounded).
 async fn first_delivery(ctx: &Ctx, limit: Duration) -> Option<Instant> {
     let deadline = Instant::now() + limit;
@@ -431,7 +360,7 @@ async fn first_delivery(ctx: &Ctx, limit: Duration) -> Option<Instant> {
         if Live::get(&ctx.live.delivered) > 0 {
             return Some(Instant::now());
         }
-        tokio::time::sleep(DRAIN_POLL).await;
+        tokio::time::sleep(FIRST_POLL).await;
     }
     None
 }

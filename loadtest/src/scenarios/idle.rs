@@ -32,16 +32,17 @@ const SETTLE_WINDOW: Duration = Duration::from_secs(1);
 /// Runs the scenario.
 pub async fn run(args: &IdleArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     let c = &ctx.common;
+    let sp = &args.spread;
     let topics: Arc<Vec<String>> = Arc::new(
-        (0..c.topics)
-            .map(|k| phoenix::topic_name(&c.topic_prefix, k))
+        (0..sp.topics)
+            .map(|k| phoenix::topic_name(&sp.topic_prefix, k))
             .collect(),
     );
     let progress = Progress::start(
         c.progress,
         ctx.live.clone(),
         ctx.server.clone(),
-        c.conns as u64,
+        sp.conns as u64,
     );
     let server_before = ctx.server_sample();
     let own_before = ctx.own_sample();
@@ -49,7 +50,7 @@ pub async fn run(args: &IdleArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
 
     // Warm-up crowd: its RSS growth includes the server's one-off costs; the main crowd's
     // growth over it is the marginal cost of a connection.
-    let warmup = args.warmup.unwrap_or(c.conns / 10).min(c.conns);
+    let warmup = args.warmup.unwrap_or(sp.conns / 10).min(sp.conns);
     let mut warm = None;
     let mut server_mid = None;
     let mut cpu_open = Some(std::time::Duration::ZERO);
@@ -64,7 +65,7 @@ pub async fn run(args: &IdleArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     }
 
     ctx.live.set_phase("opening");
-    let main = c.conns - warmup;
+    let main = sp.conns - warmup;
     let cpu_main_start = ctx.server_sample();
     let mut crowd = Crowd::spawn(&ctx, warmup, topics, READ_BUF, vec![Ignore; main]);
     let mut opens = crowd.opened(open_limit(&ctx, main)).await?;
@@ -109,7 +110,7 @@ pub async fn run(args: &IdleArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     r.figure(
         "conns_requested",
         "connections requested",
-        Num::Int(c.conns as u64),
+        Num::Int(sp.conns as u64),
         "",
     );
     r.figure(
@@ -127,7 +128,7 @@ pub async fn run(args: &IdleArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     r.figure(
         "joined_ratio",
         "joined / requested",
-        Num::ratio(opens.joined, c.conns as u64),
+        Num::ratio(opens.joined, sp.conns as u64),
         "",
     );
     r.figure(

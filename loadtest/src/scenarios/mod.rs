@@ -4,11 +4,14 @@
 //! [`crowd`] of connections, drives the run, and fills a [`Report`]. Adding one means a file
 //! here, a variant in [`crate::args::Scenario`] and an arm in [`run`]. The building blocks
 //! beside the scenarios: [`crowd`] (many connections, bounded opening), [`publisher`] (paced
-//! kind-3 broadcasts), [`subscriber`] (latency, duplicates and order per connection).
+//! kind-3 broadcasts), [`inserter`] (paced rows inserted into Postgres), [`subscriber`]
+//! (latency, duplicates and order per connection), [`Window`] (the measured stretch of a run).
 
 pub mod crowd;
 pub mod fanout;
 pub mod idle;
+pub mod inserter;
+pub mod pg_feed;
 pub mod publisher;
 pub mod subscriber;
 #[cfg(test)]
@@ -17,12 +20,12 @@ mod tests;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{Common, Scenario};
+use crate::args::{Common, FanoutArgs, IdleArgs, Scenario};
 use crate::live::Live;
 use crate::proc::{self, Procs, Sample};
 use crate::report::{Num, Report};
@@ -32,6 +35,9 @@ use crate::{clock, token};
 
 /// File descriptors a process needs beyond its connections (stdio, epoll, /proc reads, slack).
 const FD_RESERVE: u64 = 64;
+
+/// How often delivery progress is checked while waiting for stragglers.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// What every connection task of a run shares.
 #[derive(Debug)]
@@ -57,12 +63,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Resolves endpoints, mints or takes the token and checks the open-file limit.
-    pub fn new(common: &Common, extra_conns: usize) -> anyhow::Result<Arc<Self>> {
+    /// Resolves endpoints, mints (with `role`) or takes the token and checks that `conns`
+    /// connections (WebSocket and database) fit the open-file limit.
+    pub fn new(common: &Common, conns: usize, role: &str) -> anyhow::Result<Arc<Self>> {
         let token = match (&common.token, &common.jwt_secret) {
             (Some(t), _) => t.clone(),
             (None, Some(secret)) => token::mint(
                 secret.as_bytes(),
+                role,
                 &format!("loadtest-{}", std::process::id()),
                 clock::unix_secs(),
                 common.duration.as_secs() + 600,
@@ -77,14 +85,13 @@ impl Ctx {
             .map(|u| Target::parse(u, &token))
             .collect::<Result<Vec<_>, _>>()
             .map_err(anyhow::Error::msg)?;
-        let needed = (common.conns + extra_conns) as u64 + FD_RESERVE;
+        let needed = conns as u64 + FD_RESERVE;
         if let Some(limit) = proc::open_files_limit() {
             if needed > limit {
                 bail!(
-                    "{} connections need about {needed} open files but this process may open {limit}; \
-                     split the run over several loadtest processes (each with its share of --conns) \
-                     or raise `ulimit -n`",
-                    common.conns + extra_conns
+                    "{conns} connections need about {needed} open files but this process may open \
+                     {limit}; split the run over several loadtest processes (each with its share \
+                     of --conns) or raise `ulimit -n`"
                 );
             }
         }
@@ -147,11 +154,11 @@ impl Ctx {
 /// Runs one scenario to its end (or Ctrl-C) and returns its report.
 pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
     clock::init();
-    let extra = match &scenario {
-        Scenario::Fanout(f) => usize::from(f.publishers),
-        Scenario::Idle(_) => 0,
+    let role = match &scenario {
+        Scenario::PgFeed(_) => token::SERVICE_ROLE,
+        Scenario::Idle(_) | Scenario::Fanout(_) => token::AUTHENTICATED,
     };
-    let ctx = Ctx::new(scenario.common(), extra)?;
+    let ctx = Ctx::new(scenario.common(), scenario.sockets(), role)?;
     let on_signal = ctx.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -163,7 +170,15 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
     let mut report = match &scenario {
         Scenario::Idle(a) => idle::run(a, ctx.clone()).await?,
         Scenario::Fanout(a) => fanout::run(a, ctx.clone()).await?,
+        Scenario::PgFeed(a) => pg_feed::run(a, ctx.clone()).await?,
     };
+    if let Scenario::Idle(IdleArgs { spread, .. }) | Scenario::Fanout(FanoutArgs { spread, .. }) =
+        &scenario
+    {
+        report.param("conns", spread.conns);
+        report.param("topics", spread.topics);
+        report.param("topic_prefix", spread.topic_prefix.clone());
+    }
     add_common(&mut report, &ctx);
     Ok(report)
 }
@@ -172,9 +187,6 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
 fn add_common(report: &mut Report, ctx: &Ctx) {
     let c = &ctx.common;
     report.param("urls", c.url.clone());
-    report.param("conns", c.conns);
-    report.param("topics", c.topics);
-    report.param("topic_prefix", c.topic_prefix.clone());
     report.param("concurrency", c.concurrency);
     report.param("duration_s", c.duration.as_secs_f64());
     report.param("src_ips", ctx.src_ips.len());
@@ -204,4 +216,90 @@ pub fn cpu_delta(before: Option<Sample>, after: Option<Sample>) -> Num {
 /// An RSS sample as a figure.
 pub fn rss(sample: Option<Sample>) -> Num {
     sample.map_or(Num::Missing, |s| Num::Int(s.rss))
+}
+
+/// Waits until the live delivery counter reaches `expected` or `deadline` passes (or the run is
+/// stopped); returns when it stopped waiting.
+pub async fn drain(ctx: &Ctx, expected: u64, deadline: Instant) -> Instant {
+    loop {
+        let now = Instant::now();
+        if Live::get(&ctx.live.delivered) >= expected || now >= deadline || ctx.stop.is_cancelled()
+        {
+            return now;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Times and samples bracketing the measured stretch of a run (first message due to the last
+/// delivery or the end of the grace period).
+#[derive(Debug, Default)]
+pub struct Window {
+    /// First message due (or, without a local publisher, first message received).
+    pub start: Option<Instant>,
+    /// Last message written (or start plus `--duration`).
+    pub publish_end: Option<Instant>,
+    /// Every expected delivery arrived, or the grace period ran out.
+    pub drain_end: Option<Instant>,
+    /// `start` on [`clock`], to compare with the receivers' receive times.
+    pub start_ns: Option<u64>,
+    /// Server figures at those moments.
+    pub cpu_start: Option<Sample>,
+    /// Server figures when publishing ended.
+    pub cpu_publish_end: Option<Sample>,
+    /// Server figures when draining ended.
+    pub cpu_end: Option<Sample>,
+    /// Our own figures and the whole machine's busy time at start and end.
+    own_start: Option<Sample>,
+    own_end: Option<Sample>,
+    machine_start: Option<Duration>,
+    machine_end: Option<Duration>,
+}
+
+impl Window {
+    /// Samples the server, this process and the machine at the start.
+    pub fn mark_start(&mut self, ctx: &Ctx) {
+        self.cpu_start = ctx.server_sample();
+        self.own_start = ctx.own_sample();
+        self.machine_start = proc::machine_busy();
+    }
+
+    /// Samples them again at the end.
+    pub fn mark_end(&mut self, ctx: &Ctx) {
+        self.cpu_end = ctx.server_sample();
+        self.own_end = ctx.own_sample();
+        self.machine_end = proc::machine_busy();
+    }
+
+    /// Server CPU seconds over the window.
+    pub fn server_cpu(&self) -> Num {
+        cpu_delta(self.cpu_start, self.cpu_end)
+    }
+
+    /// This process's CPU seconds over the window.
+    pub fn own_cpu(&self) -> Num {
+        cpu_delta(self.own_start, self.own_end)
+    }
+
+    /// From start to the end of draining, seconds.
+    pub fn drain_s(&self) -> Option<f64> {
+        match (self.start, self.drain_end) {
+            (Some(s), Some(e)) => Some(e.saturating_duration_since(s).as_secs_f64()),
+            _ => None,
+        }
+    }
+
+    /// CPU seconds other processes used during the window: the machine's busy time minus the
+    /// server's and ours. Large values mean the figures were taken on a busy machine (or, for
+    /// pg-feed, include the database's work).
+    pub fn other_cpu(&self) -> Num {
+        let (Some(a), Some(b)) = (self.machine_start, self.machine_end) else {
+            return Num::Missing;
+        };
+        let machine = b.saturating_sub(a).as_secs_f64();
+        match (self.server_cpu().as_f64(), self.own_cpu().as_f64()) {
+            (Some(server), Some(own)) => Num::Float((machine - server - own).max(0.0)),
+            _ => Num::Missing,
+        }
+    }
 }

@@ -78,9 +78,16 @@ impl Plan {
     }
 
     /// Topic number and sequence number of message `i`.
-    fn slot(&self, i: u64) -> (usize, u64) {
+    pub fn slot(&self, i: u64) -> (usize, u64) {
         let n = self.topics.len() as u64;
         ((i % n) as usize, i / n)
+    }
+
+    /// When message `i` is due, from the start: `i / rate`, rounded up to the nanosecond (so
+    /// that [`due`](Self::due) at that moment includes it).
+    pub fn due_at(&self, i: u64) -> Duration {
+        let ns = (u128::from(i) * 1_000_000_000).div_ceil(u128::from(self.rate.max(1)));
+        Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64)
     }
 
     /// Messages due `elapsed` after the start: message `i` is due at `i / rate`.
@@ -262,5 +269,15 @@ mod tests {
             "a late tick sends the backlog"
         );
         assert_eq!(p.due(Duration::from_secs(60)), 10_000);
+    }
+
+    #[test]
+    fn due_times_agree_with_due_counts() {
+        let p = plan(3, 700, 2);
+        for i in [0, 1, 2, 699, 700, 1399] {
+            let at = p.due_at(i);
+            assert_eq!(p.due(at), i + 1, "message {i} is due at {at:?}");
+        }
+        assert_eq!(p.due_at(700), Duration::from_secs(1));
     }
 }

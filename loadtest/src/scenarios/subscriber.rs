@@ -3,7 +3,8 @@
 //! One per connection task, so counting needs no lock; latencies go in batches to a
 //! [`ShardedHist`] shared by all subscribers. Each kind-4 frame is decoded with
 //! [`channels::codec::binary`] (header slicing only) and its stamp found with
-//! [`crate::payload::scan`]; nothing is allocated per message.
+//! [`crate::payload::scan`] (fanout's payloads) or [`crate::payload::scan_row`] (pg-feed's
+//! database rows); nothing is allocated per message.
 
 use std::sync::Arc;
 
@@ -22,11 +23,29 @@ const FLUSH_EVERY: u64 = 64;
 /// Latencies a subscriber buffers before recording them into the shared histogram.
 const PENDING: usize = 64;
 
+/// Where a broadcast's stamp is.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// fanout's payload `{"t":…,"s":…,"p":"…"}`, under any event.
+    Flat,
+    /// A database row published by a trigger (pg-feed): broadcasts of `event` carry the row
+    /// with the stamp in its `payload` object; other events on the topic (a session's `status`)
+    /// are not ours and are only counted.
+    Row {
+        /// The event our rows are published under (the row's `type`).
+        event: Arc<str>,
+    },
+}
+
 /// What one subscriber saw.
 #[derive(Debug)]
 pub struct Subscriber {
     /// Wire topic this subscriber joined; frames for another topic are counted as unexpected.
     topic: Arc<str>,
+    /// Where the stamps are.
+    format: Format,
+    /// Deliveries counted locally before they are added to the shared live counter.
+    flush_every: u64,
     /// Messages its topic is planned to get; sequence numbers at or past this are unexpected.
     planned: u64,
     /// Where publish→receive latencies (µs) end up.
@@ -44,6 +63,8 @@ pub struct Subscriber {
     /// Frames that were not ours: undecodable, no stamp, wrong topic, or a sequence number
     /// outside the plan.
     pub unexpected: u64,
+    /// [`Format::Row`]: broadcasts of other events on the topic (not counted as received).
+    pub other_events: u64,
     /// When the last broadcast arrived (its read returned), ns on [`clock`]; 0 before the first.
     pub last_rx_ns: u64,
     /// When the current read returned.
@@ -59,10 +80,29 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// A subscriber to `topic`, which is planned to carry `planned` messages.
+    /// A subscriber to `topic`, which is planned to carry `planned` fanout messages.
     pub fn new(topic: Arc<str>, planned: u64, latency: Arc<ShardedHist>) -> Self {
+        Self::with_format(topic, planned, latency, Format::Flat, FLUSH_EVERY)
+    }
+
+    /// A subscriber to `topic`, on which `planned` rows of `event` are to be published by the
+    /// database. Few messages reach each viewer, so every read is flushed to the live counter
+    /// at once.
+    pub fn rows(topic: Arc<str>, planned: u64, latency: Arc<ShardedHist>, event: Arc<str>) -> Self {
+        Self::with_format(topic, planned, latency, Format::Row { event }, 1)
+    }
+
+    fn with_format(
+        topic: Arc<str>,
+        planned: u64,
+        latency: Arc<ShardedHist>,
+        format: Format,
+        flush_every: u64,
+    ) -> Self {
         Self {
             topic,
+            format,
+            flush_every,
             planned,
             latency,
             pending: [0; PENDING],
@@ -71,6 +111,7 @@ impl Subscriber {
             duplicates: 0,
             out_of_order: 0,
             unexpected: 0,
+            other_events: 0,
             last_rx_ns: 0,
             batch_ns: 0,
             reads: 0,
@@ -84,6 +125,18 @@ impl Subscriber {
     fn record_pending(&mut self) {
         self.latency.record_batch(&self.pending[..self.npending]);
         self.npending = 0;
+    }
+
+    /// The wire topic this subscriber joined.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Whether the message with sequence number `s` arrived.
+    pub fn has_seen(&self, s: u64) -> bool {
+        self.seen
+            .get((s / 64) as usize)
+            .is_some_and(|w| w & (1 << (s % 64)) != 0)
     }
 
     /// Distinct planned messages received.
@@ -125,13 +178,21 @@ impl Receiver for Subscriber {
 
     fn binary(&mut self, data: &[u8]) {
         let now = self.batch_ns;
+        let frame = decode_user_broadcast(data)
+            .ok()
+            .filter(|b| b.topic == &*self.topic);
+        let stamp = match (&self.format, frame) {
+            (_, None) => None,
+            (Format::Flat, Some(b)) => payload::scan(b.payload),
+            (Format::Row { event }, Some(b)) if b.event == &**event => payload::scan_row(b.payload),
+            (Format::Row { .. }, Some(_)) => {
+                self.other_events += 1;
+                return;
+            }
+        };
         self.last_rx_ns = now;
         self.received += 1;
         self.unflushed += 1;
-        let stamp = decode_user_broadcast(data)
-            .ok()
-            .filter(|b| b.topic == &*self.topic)
-            .and_then(|b| payload::scan(b.payload));
         match stamp {
             Some(st) => self.book(st.t, st.s, now),
             None => self.unexpected += 1,
@@ -146,7 +207,7 @@ impl Receiver for Subscriber {
         // for it) and the last planned one (the coordinator waits for the total).
         let first = self.unflushed == self.received;
         let complete = self.unique() >= self.planned;
-        if self.unflushed >= FLUSH_EVERY || (self.unflushed > 0 && (first || complete)) {
+        if self.unflushed >= self.flush_every || (self.unflushed > 0 && (first || complete)) {
             Live::add(&live.delivered, self.unflushed);
             self.unflushed = 0;
         }
@@ -189,10 +250,50 @@ mod tests {
         assert_eq!(sub.out_of_order, 1);
         assert_eq!(sub.unexpected, 3);
         assert_eq!(sub.unique(), 5);
+        assert!(sub.has_seen(9) && !sub.has_seen(4) && !sub.has_seen(10) && !sub.has_seen(999));
         let live = Live::default();
         sub.batch_done(&live);
         assert_eq!(Live::get(&live.delivered), 9);
         assert_eq!(hist.merged().unwrap().len(), 7);
+    }
+
+    fn row_frame(topic: &str, event: &str, t: u64, s: u64) -> Vec<u8> {
+        let row = format!(
+            r#"{{"id": "e1", "ts": "2026-11-22T03:00:00+00:00", "type": "{event}", "message": "x", "payload": {{"s": {s}, "t": {t}}}, "session_id": "s1"}}"#
+        );
+        encode_user_broadcast(
+            topic,
+            event,
+            &Payload::Json(Bytes::from(row)),
+            r#"{"cursor":"pg1:7"}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rows_are_read_and_other_events_set_apart() {
+        let hist = Arc::new(ShardedHist::new(1).unwrap());
+        let topic = "realtime:build:s1";
+        let mut sub = Subscriber::rows(topic.into(), 3, hist.clone(), "loadtest".into());
+        sub.batch_start();
+        let now = clock::now_ns();
+        sub.binary(&row_frame(topic, "status", now, 0));
+        sub.binary(&row_frame(topic, "loadtest", now, 0));
+        sub.binary(&row_frame(topic, "loadtest", now, 2));
+        sub.binary(&row_frame(topic, "loadtest", now, 1));
+        sub.binary(&row_frame(topic, "loadtest", now, 1));
+        let no_row = Payload::Json(Bytes::from_static(br#"{"t":1,"s":0}"#));
+        sub.binary(&encode_user_broadcast(topic, "loadtest", &no_row, "").unwrap());
+        let live = Live::default();
+        sub.batch_done(&live);
+        assert_eq!(sub.other_events, 1);
+        assert_eq!(sub.received, 5);
+        assert_eq!(sub.duplicates, 1);
+        assert_eq!(sub.out_of_order, 1);
+        assert_eq!(sub.unexpected, 1);
+        assert_eq!(sub.unique(), 3);
+        assert_eq!(Live::get(&live.delivered), 5, "flushed at once");
+        assert_eq!(hist.merged().unwrap().len(), 4);
     }
 
     #[test]

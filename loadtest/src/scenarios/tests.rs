@@ -167,7 +167,7 @@ async fn fanout_delivers_everything_exactly_once() {
     let Scenario::Fanout(args) = &sc else {
         unreachable!()
     };
-    let ctx = super::Ctx::new(&args.common, 1).unwrap();
+    let ctx = super::Ctx::new(&args.common, sc.sockets(), crate::token::AUTHENTICATED).unwrap();
     let r = fanout::run(args, ctx).await.unwrap();
     assert_eq!(int(&r, "subscribers_joined"), 20);
     assert_eq!(int(&r, "messages_sent"), 200);
@@ -202,7 +202,7 @@ async fn idle_opens_holds_and_closes() {
     let Scenario::Idle(args) = &sc else {
         unreachable!()
     };
-    let ctx = super::Ctx::new(&args.common, 0).unwrap();
+    let ctx = super::Ctx::new(&args.common, sc.sockets(), crate::token::AUTHENTICATED).unwrap();
     let r = idle::run(args, ctx).await.unwrap();
     assert_eq!(int(&r, "conns_joined"), 30, "{}", r.table());
     assert_eq!(int(&r, "warmup_conns"), 3);

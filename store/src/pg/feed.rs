@@ -9,9 +9,10 @@
 //! **Late commits.** Ids come from a sequence when a row is inserted, but transactions commit in
 //! any order, so a read can see id 7 while id 6 is still uncommitted. The feed remembers such
 //! gaps and looks for them again on every read. A gap is given up only when every transaction
-//! that could have allocated it has ended: the gap was seen under a snapshot whose `xmax` bounds
-//! the allocating transaction's id, and once a later snapshot's `xmin` passes that bound the
-//! transaction has committed (and its row was read) or rolled back (and the id never appears).
+//! that could have allocated it has ended: right after seeing it, the feed takes a fresh
+//! transaction id (larger than the id of any transaction already running), and once a later
+//! snapshot's `xmin` reaches it, the allocating transaction has committed (and its row was read)
+//! or rolled back (and the id never appears).
 //! Delivering id 7 before a late id 6 never breaks a topic's order: messages of one topic are
 //! numbered under a row lock held until commit (see the `hub_outbox` migration), so a late row
 //! always belongs to another topic than any row already delivered after it.
@@ -69,8 +70,10 @@ pub struct Feed {
     start: Option<Position>,
 }
 
-/// The feed's position: everything up to `last` was read, except `gaps` (id → the `xmax` of
-/// the snapshot that saw it missing).
+/// The feed's position: everything up to `last` was read, except `gaps`: ids seen missing,
+/// each with a transaction-id bound above every transaction that could have allocated it. A gap
+/// is given up once a snapshot's `xmin` (the oldest transaction still running) reaches its
+/// bound: its writer has then committed (and the row was read) or rolled back.
 #[derive(Debug, Default)]
 struct Position {
     last: i64,
@@ -174,25 +177,20 @@ impl Feed {
     /// Starts at the newest row; recent missing ids below it may still be uncommitted, so they
     /// start out as gaps.
     async fn start_position(&self) -> Result<Position, sqlx::Error> {
-        let row = sqlx::query(
-            "select coalesce(max(id), 0) as last,
-                    pg_snapshot_xmax(pg_current_snapshot())::text::int8 as xmax
-             from hub.outbox",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        let last: i64 = row.try_get("last")?;
-        let xmax: i64 = row.try_get("xmax")?;
+        let last: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from hub.outbox")
+            .fetch_one(&self.pool)
+            .await?;
         let present: Vec<i64> =
             sqlx::query_scalar("select id from hub.outbox where id > $1 order by id")
                 .bind(last - START_LOOKBACK)
                 .fetch_all(&self.pool)
                 .await?;
+        let bound = self.xid_bound().await?;
         let mut gaps = BTreeMap::new();
         let mut expected = (last - START_LOOKBACK).max(0) + 1;
-        for id in present {
+        for id in present.into_iter().filter(|id| *id <= last) {
             while expected < id {
-                gaps.insert(expected, xmax);
+                gaps.insert(expected, bound);
                 expected += 1;
             }
             expected = id + 1;
@@ -219,51 +217,57 @@ impl Feed {
     /// the snapshot's bounds. Returns whether the batch was full.
     async fn read_batch(&self, pos: &mut Position) -> Result<bool, sqlx::Error> {
         let gaps: Vec<i64> = pos.gaps.keys().copied().collect();
+        // Two index range reads rather than one `id > $1 or id = any($2)`, which Postgres
+        // answers by walking the whole primary-key index (cost growing with the outbox).
         let rows = sqlx::query(
             "with s as (select pg_current_snapshot() as snap)
              select o.id, o.topic, o.private, o.seq, o.event, o.payload::text as payload,
                     o.payload_bytes, o.origin,
                     (extract(epoch from o.created_at) * 1000)::int8 as ms,
-                    pg_snapshot_xmin(s.snap)::text::int8 as xmin,
-                    pg_snapshot_xmax(s.snap)::text::int8 as xmax
+                    pg_snapshot_xmin(s.snap)::text::int8 as xmin
              from s left join lateral (
-               select * from hub.outbox where id > $1 or id = any($2) order by id limit $3
-             ) o on true",
+               (select * from hub.outbox where id > $1 order by id limit $3)
+               union all
+               (select * from hub.outbox where id = any($2))
+             ) o on true
+             order by o.id",
         )
         .bind(pos.last)
         .bind(&gaps)
         .bind(BATCH)
         .fetch_all(&self.pool)
         .await?;
-        let mut snapshot = (0i64, 0i64);
+        let mut xmin = 0i64;
         let mut read = 0;
+        let mut new_gaps = Vec::new();
         for row in &rows {
-            snapshot = (row.try_get("xmin")?, row.try_get("xmax")?);
+            xmin = row.try_get("xmin")?;
             let Some(id) = row.try_get::<Option<i64>, _>("id")? else {
                 continue;
             };
-            read += 1;
             if pos.gaps.remove(&id).is_some() {
                 self.stats.late_rows.fetch_add(1, Ordering::Relaxed);
             } else if id > pos.last {
-                for missing in pos.last + 1..id {
-                    pos.gaps.insert(missing, snapshot.1);
-                }
+                read += 1;
+                new_gaps.extend(pos.last + 1..id);
                 pos.last = id;
             } else {
                 continue;
             }
             self.deliver(row)?;
         }
-        // Gaps whose possible writers have all ended will never fill.
-        let (xmin, _) = snapshot;
+        // Gaps whose possible writers have all ended will never fill (see `Position`).
         let before = pos.gaps.len();
-        pos.gaps.retain(|_, xmax| *xmax > xmin);
+        pos.gaps.retain(|_, bound| *bound > xmin);
         let closed = before - pos.gaps.len();
         if closed > 0 {
             self.stats
                 .gaps_closed
                 .fetch_add(closed as u64, Ordering::Relaxed);
+        }
+        if !new_gaps.is_empty() {
+            let bound = self.xid_bound().await?;
+            pos.gaps.extend(new_gaps.into_iter().map(|id| (id, bound)));
         }
         while pos.gaps.len() > MAX_GAPS {
             if let Some((id, _)) = pos.gaps.pop_first() {
@@ -271,6 +275,16 @@ impl Feed {
             }
         }
         Ok(read >= BATCH as usize)
+    }
+
+    /// A transaction id larger than that of every transaction that could have allocated an id
+    /// we saw missing: a fresh one, assigned now. (A snapshot's `xmax` is not such a bound: it
+    /// is "last completed + 1", and a transaction that already holds a larger id can still be
+    /// running.) Costs one id, and only when a read finds new gaps.
+    async fn xid_bound(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("select pg_current_xact_id()::text::int8")
+            .fetch_one(&self.pool)
+            .await
     }
 
     fn deliver(&self, row: &PgRow) -> Result<(), sqlx::Error> {
