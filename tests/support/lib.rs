@@ -4,9 +4,12 @@
 //! Run with `scripts/test` (the `pg_*` tests need the Postgres it starts; the others also run with
 //! `cargo test -p tests`). Start at [`TestHub::spawn`] and [`WsClient::connect`]; each test file
 //! (`ws_*.rs`, `rest_*.rs`) covers one area of PROTOCOL.md, and the `pg_*.rs` files the Postgres
-//! backend, with [`pg::TestDb`] giving each test a database of its own.
+//! backend, with [`pg::TestDb`] giving each test a database of its own. The `redis_*.rs` files run
+//! several real hub processes ([`nodes::Node`]) on one Redis ([`redis_backend::TestRedis`]).
 
+pub mod nodes;
 pub mod pg;
+pub mod redis_backend;
 
 use std::collections::HashMap;
 use std::io;

@@ -186,7 +186,8 @@ fn deliver(shared: &Shared, channel: &str, env: &Arc<Envelope>, origin: Option<c
 }
 
 /// Delivers what was published after `last` (and before `upto`, when known) from history, page
-/// by page, or tells the topic's members they were not recovered.
+/// by page. When that history is gone (a new epoch: Redis restarted empty), the topic's members
+/// are told they were not recovered, and what the new history already holds is delivered.
 async fn fill_gap(
     shared: &Shared,
     topic: &TopicKey,
@@ -194,49 +195,12 @@ async fn fill_gap(
     last: &Cursor,
     upto: Option<&Cursor>,
 ) {
-    let mut after = last.clone();
+    let mut after = Since::After(last.clone());
     let mut filled = 0usize;
+    let mut told = false;
     loop {
-        let page = shared
-            .read(topic, &Since::After(after.clone()), GAP_PAGE)
-            .await;
-        match page {
-            Ok(page) if page.contiguous => {
-                let n = page.messages.len();
-                for env in page.messages {
-                    let Some(c) = env.cursor.clone() else {
-                        continue;
-                    };
-                    if upto.is_some_and(|u| c.epoch == u.epoch && c.offset >= u.offset) {
-                        return;
-                    }
-                    shared.stats.gap_fills.fetch_add(1, Ordering::Relaxed);
-                    deliver(shared, channel, &env, None);
-                    after = c;
-                }
-                filled += n;
-                if n < GAP_PAGE || filled >= GAP_FILL_LIMIT {
-                    return;
-                }
-            }
-            Ok(page) => {
-                shared.stats.lost_histories.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic = %topic, head = %page.head, "redis: history lost; members not recovered");
-                shared.registry.notify(
-                    topic,
-                    "error",
-                    &format!(
-                        "History not recovered: messages published while the hub's connection to \
-                         Redis was down are no longer available (current cursor {})",
-                        page.head
-                    ),
-                );
-                // Continue from the new history's head: later messages are delivered normally.
-                if let Some(sub) = shared.subs().get_mut(channel) {
-                    sub.last = upto.is_none().then_some(page.head);
-                }
-                return;
-            }
+        let page = match read_retrying(shared, topic, &after).await {
+            Ok(page) => page,
             Err(e) => {
                 tracing::warn!(topic = %topic, error = %e, "redis: reading history to fill a gap failed");
                 shared.registry.notify(
@@ -248,6 +212,81 @@ async fn fill_gap(
                     sub.last = None;
                 }
                 return;
+            }
+        };
+        if !page.contiguous {
+            if !told {
+                told = true;
+                shared.stats.lost_histories.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %topic, head = %page.head, "redis: history lost; members not recovered");
+                shared.registry.notify(
+                    topic,
+                    "error",
+                    &format!(
+                        "History not recovered: messages published before the current history \
+                         began are no longer available (current cursor {})",
+                        page.head
+                    ),
+                );
+            }
+            if page.head.epoch.is_empty() {
+                // No history at all yet: no position, and the next message is not a gap.
+                if let Some(sub) = shared.subs().get_mut(channel) {
+                    sub.last = None;
+                }
+                return;
+            }
+            if matches!(&after, Since::After(c) if c.epoch != page.head.epoch) {
+                // A new epoch: deliver it from its start (happens once: `after` has no epoch
+                // from here on).
+                after = Since::Beginning;
+                continue;
+            }
+            // Older than what this epoch retains: carry on from the oldest retained message.
+            if page.messages.is_empty() {
+                if let Some(sub) = shared.subs().get_mut(channel) {
+                    sub.last = Some(page.head);
+                }
+                return;
+            }
+        }
+        let n = page.messages.len();
+        for env in page.messages {
+            let Some(c) = env.cursor.clone() else {
+                continue;
+            };
+            if upto.is_some_and(|u| c.epoch == u.epoch && c.offset >= u.offset) {
+                return;
+            }
+            shared.stats.gap_fills.fetch_add(1, Ordering::Relaxed);
+            deliver(shared, channel, &env, None);
+            after = Since::After(c);
+        }
+        filled += n;
+        if n < GAP_PAGE || filled >= GAP_FILL_LIMIT {
+            return;
+        }
+    }
+}
+
+/// Reads a page of history, retrying a few times: right after Redis comes back, the shared
+/// command connection fails its first command before it reconnects.
+async fn read_retrying(
+    shared: &Shared,
+    topic: &TopicKey,
+    after: &Since,
+) -> Result<channels::history::Page, channels::BrokerError> {
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        match shared.read(topic, after, GAP_PAGE).await {
+            Ok(p) => return Ok(p),
+            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) => {
+                tracing::debug!(topic = %topic, error = %e, attempt, "redis: history read failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
             }
         }
     }
@@ -268,10 +307,18 @@ async fn repair_all(shared: &Shared) {
 /// Reads a topic's presence hash and makes this node's view of the other nodes' members match.
 async fn load_presence(shared: &Shared, topic: &TopicKey) {
     let mut conn = shared.conn.clone();
-    let entries: redis::RedisResult<Vec<(String, String)>> = redis::cmd("HGETALL")
-        .arg(presence::presence_key(topic))
-        .query_async(&mut conn)
-        .await;
+    let mut entries: redis::RedisResult<Vec<(String, String)>> = Ok(Vec::new());
+    // Retried: right after Redis comes back the command connection fails once, then reconnects.
+    for attempt in 0..4u32 {
+        entries = redis::cmd("HGETALL")
+            .arg(presence::presence_key(topic))
+            .query_async(&mut conn)
+            .await;
+        if entries.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+    }
     match entries {
         Ok(entries) => shared
             .presence
@@ -284,16 +331,23 @@ async fn load_presence(shared: &Shared, topic: &TopicKey) {
 async fn republish_own_presence(shared: &Shared) {
     let mut conn = shared.conn.clone();
     for (topic, member, key, meta) in shared.presence.own_entries() {
-        let res = presence::publish_join(
-            &mut conn,
-            &shared.presence_script,
-            &shared.node_id,
-            &topic,
-            member,
-            &key,
-            &meta,
-        )
-        .await;
+        let mut res = Ok(());
+        for attempt in 0..4u32 {
+            res = presence::publish_join(
+                &mut conn,
+                &shared.presence_script,
+                &shared.node_id,
+                &topic,
+                member,
+                &key,
+                &meta,
+            )
+            .await;
+            if res.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+        }
         if let Err(e) = res {
             tracing::warn!(topic = %topic, error = %e, "redis: republishing presence failed");
         }
