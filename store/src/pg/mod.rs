@@ -24,6 +24,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()
         .map_err(|e| StoreError::Config(format!("DATABASE_URL: {e}")))?
+        // The hub's statements are few and prepared once per connection; planning them anew
+        // on each execution (Postgres' default for the first runs, and whenever it prefers)
+        // cost more than executing the feed's read. Their generic plans are the right ones.
+        .options([("plan_cache_mode", "force_generic_plan")])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
     let pool = PgPoolOptions::new()
