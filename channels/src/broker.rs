@@ -50,14 +50,6 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// member on every node. Returns the cursor when the backend numbers messages.
     async fn publish(&self, publication: Publication) -> Result<Option<Cursor>, BrokerError>;
 
-    /// Messages after `since`, at most `limit`, with whether that is all of them.
-    async fn history(
-        &self,
-        topic: &TopicKey,
-        since: &Since,
-        limit: usize,
-    ) -> Result<Recovery, BrokerError>;
-
     /// The oldest `limit` messages after `after`: one page of a catch-up, which pages through a
     /// history of any length without holding it in memory at once.
     async fn read(
@@ -66,6 +58,43 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         after: &Since,
         limit: usize,
     ) -> Result<Page, BrokerError>;
+
+    /// Messages after `since`, at most `limit`, with whether that is all of them: when more were
+    /// missed than `limit`, the newest `limit` (and `recovered: false`). Built on
+    /// [`Broker::read`], so every backend has the same semantics.
+    async fn history(
+        &self,
+        topic: &TopicKey,
+        since: &Since,
+        limit: usize,
+    ) -> Result<Recovery, BrokerError> {
+        let first = self.read(topic, since, limit).await?;
+        let after = match since {
+            Since::After(c) if c.epoch == first.head.epoch => c.offset,
+            _ => 0,
+        };
+        let reached = first
+            .messages
+            .last()
+            .and_then(|e| e.cursor.as_ref())
+            .map_or(after, |c| c.offset);
+        if reached >= first.head.offset || !first.contiguous && first.messages.len() < limit {
+            return Ok(Recovery {
+                messages: first.messages,
+                recovered: first.contiguous,
+                head: first.head,
+            });
+        }
+        // More were missed than `limit`: the newest `limit`.
+        let from = first.head.offset.saturating_sub(limit as u64);
+        let newest = Since::After(Cursor::new(first.head.epoch.clone(), from));
+        let page = self.read(topic, &newest, limit).await?;
+        Ok(Recovery {
+            messages: page.messages,
+            recovered: false,
+            head: page.head,
+        })
+    }
 
     /// Supabase `broadcast.replay`: the newest `limit` messages published at or after `since_ms`.
     async fn replay(
@@ -232,18 +261,6 @@ impl Broker for MemoryBroker {
         Ok(Some(self.publish_now(publication)))
     }
 
-    async fn history(
-        &self,
-        topic: &TopicKey,
-        since: &Since,
-        limit: usize,
-    ) -> Result<Recovery, BrokerError> {
-        let history = self.history_of(topic);
-        let mut h = lock(&history);
-        h.last_used = Instant::now();
-        Ok(h.ring.since(since, limit))
-    }
-
     async fn read(
         &self,
         topic: &TopicKey,
@@ -303,15 +320,6 @@ impl KindRouter {
 impl Broker for KindRouter {
     async fn publish(&self, publication: Publication) -> Result<Option<Cursor>, BrokerError> {
         self.of(&publication.topic).publish(publication).await
-    }
-
-    async fn history(
-        &self,
-        topic: &TopicKey,
-        since: &Since,
-        limit: usize,
-    ) -> Result<Recovery, BrokerError> {
-        self.of(topic).history(topic, since, limit).await
     }
 
     async fn read(

@@ -81,30 +81,6 @@ impl HistoryRing {
         self.next_offset - self.buf.len() as u64
     }
 
-    /// Messages after `since`, at most `limit` (the newest ones when more were missed).
-    pub fn since(&self, since: &Since, limit: usize) -> Recovery {
-        let after = match since {
-            Since::Beginning => 0,
-            Since::After(c) if *c.epoch != *self.epoch => {
-                return self.recovery(Vec::new(), false);
-            }
-            Since::After(c) if c.offset >= self.next_offset => {
-                // A cursor ahead of the head: this history never had it.
-                return self.recovery(Vec::new(), false);
-            }
-            Since::After(c) => c.offset,
-        };
-        let first = self.first_offset();
-        let mut complete = after + 1 >= first;
-        let skip = (after + 1).saturating_sub(first) as usize;
-        let mut messages: Vec<_> = self.buf.iter().skip(skip).cloned().collect();
-        if messages.len() > limit {
-            messages.drain(..messages.len() - limit);
-            complete = false;
-        }
-        self.recovery(messages, complete)
-    }
-
     /// The oldest `limit` messages after `after` (paging through history during a catch-up).
     pub fn read(&self, after: &Since, limit: usize) -> Page {
         let after = match after {
@@ -141,14 +117,6 @@ impl HistoryRing {
         out
     }
 
-    fn recovery(&self, messages: Vec<Arc<Envelope>>, recovered: bool) -> Recovery {
-        Recovery {
-            messages,
-            recovered,
-            head: self.head(),
-        }
-    }
-
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -182,8 +150,8 @@ mod tests {
         r
     }
 
-    fn offsets(rec: &Recovery) -> Vec<u64> {
-        rec.messages
+    fn offsets(page: &Page) -> Vec<u64> {
+        page.messages
             .iter()
             .map(|e| e.cursor.as_ref().unwrap().offset)
             .collect()
@@ -196,47 +164,30 @@ mod tests {
     #[test]
     fn resumes_after_a_cursor_inside_the_ring() {
         let r = ring_with(10, 100);
-        let rec = r.since(&after(7), 100);
-        assert_eq!(offsets(&rec), vec![8, 9, 10]);
-        assert!(rec.recovered);
-        assert_eq!(rec.head.offset, 10);
-        let rec = r.since(&after(10), 100);
-        assert!(rec.messages.is_empty() && rec.recovered);
+        let page = r.read(&after(7), 100);
+        assert_eq!(offsets(&page), vec![8, 9, 10]);
+        assert!(page.contiguous);
+        assert_eq!(page.head.offset, 10);
+        let page = r.read(&after(10), 100);
+        assert!(page.messages.is_empty() && page.contiguous);
     }
 
     #[test]
-    fn from_the_beginning_is_complete_only_if_nothing_was_evicted() {
-        assert!(ring_with(3, 5).since(&Since::Beginning, 100).recovered);
+    fn from_the_beginning_is_contiguous_only_if_nothing_was_evicted() {
+        assert!(ring_with(3, 5).read(&Since::Beginning, 100).contiguous);
         let r = ring_with(8, 5);
-        let rec = r.since(&Since::Beginning, 100);
-        assert_eq!(offsets(&rec), vec![4, 5, 6, 7, 8]);
-        assert!(!rec.recovered);
+        let page = r.read(&Since::Beginning, 100);
+        assert_eq!(offsets(&page), vec![4, 5, 6, 7, 8]);
+        assert!(!page.contiguous);
     }
 
     #[test]
-    fn a_cursor_older_than_the_ring_is_not_recovered() {
-        let r = ring_with(8, 5);
-        assert!(r.since(&after(3), 100).recovered, "4..8 are all retained");
-        let rec = r.since(&after(2), 100);
-        assert!(!rec.recovered);
-        assert_eq!(offsets(&rec), vec![4, 5, 6, 7, 8]);
-    }
-
-    #[test]
-    fn another_epoch_or_a_future_cursor_is_not_recovered() {
+    fn another_epoch_or_a_future_cursor_is_not_contiguous() {
         let r = ring_with(3, 5);
         let other = Since::After(Cursor::new("other".into(), 1));
-        let rec = r.since(&other, 100);
-        assert!(!rec.recovered && rec.messages.is_empty());
-        assert!(!r.since(&after(9), 100).recovered);
-    }
-
-    #[test]
-    fn limit_keeps_the_newest_and_marks_incomplete() {
-        let r = ring_with(10, 100);
-        let rec = r.since(&after(2), 3);
-        assert_eq!(offsets(&rec), vec![8, 9, 10]);
-        assert!(!rec.recovered);
+        let page = r.read(&other, 100);
+        assert!(!page.contiguous && page.messages.is_empty());
+        assert!(!r.read(&after(9), 100).contiguous);
     }
 
     #[test]
@@ -244,8 +195,8 @@ mod tests {
         let r = ring_with(4, 0);
         assert_eq!(r.head().offset, 4);
         assert!(r.is_empty());
-        assert!(!r.since(&after(2), 10).recovered);
-        assert!(r.since(&after(4), 10).recovered);
+        assert!(!r.read(&after(2), 10).contiguous);
+        assert!(r.read(&after(4), 10).contiguous);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use channels::history::{Page, Recovery};
+use channels::history::Page;
 use channels::{Broker, BrokerError, Cursor, Envelope, Payload, Publication, Since, TopicKey};
 use sqlx::{PgPool, Row};
 
@@ -94,63 +94,6 @@ impl Broker for PgBroker {
             .await
             .map_err(unavailable)?;
         Ok(Some(Cursor::new(self.epoch.clone(), seq.max(0) as u64)))
-    }
-
-    async fn history(
-        &self,
-        topic: &TopicKey,
-        since: &Since,
-        limit: usize,
-    ) -> Result<Recovery, BrokerError> {
-        let head = self.head(topic).await?;
-        let head_cursor = Cursor::new(self.epoch.clone(), head);
-        let after = match since {
-            Since::Beginning => 0,
-            Since::After(c) if *c.epoch != *self.epoch || c.offset > head => {
-                return Ok(Recovery {
-                    messages: Vec::new(),
-                    recovered: false,
-                    head: head_cursor,
-                });
-            }
-            Since::After(c) => c.offset,
-        };
-        // The newest `limit` after the cursor (like the memory ring: a reader that missed more
-        // than it may replay gets the most recent ones and is told it was not recovered).
-        let rows = sqlx::query(
-            "select seq, event, payload::text as payload, payload_bytes,
-                    (extract(epoch from created_at) * 1000)::int8 as ms
-             from hub.outbox
-             where topic = $1 and private = $2 and seq > $3
-             order by seq desc
-             limit $4",
-        )
-        .bind(topic.name())
-        .bind(topic.is_private())
-        .bind(after as i64)
-        .bind(limit.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        let mut messages = rows
-            .iter()
-            .rev()
-            .map(|r| self.envelope(topic, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        // Messages committed after `head` was read may appear; they are simply newer.
-        let first = messages
-            .first()
-            .and_then(|e| e.cursor.as_ref().map(|c| c.offset));
-        let recovered = match first {
-            Some(f) => f == after + 1,
-            None => after >= head,
-        };
-        messages.retain(|e| e.cursor.as_ref().is_some_and(|c| c.offset > after));
-        Ok(Recovery {
-            messages,
-            recovered,
-            head: head_cursor,
-        })
     }
 
     async fn read(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use channels::history::{Page, Recovery};
+use channels::history::Page;
 use channels::presence::{MemberId, PresencePayload};
 use channels::{
     Broker, BrokerError, Cursor, Envelope, Payload, Publication, Registry, Since, TopicKey,
@@ -87,80 +87,6 @@ impl Shared {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// History of `topic` after `after` (0 = from the start), newest `limit`, as the broker
-    /// trait defines it.
-    pub async fn history(
-        &self,
-        topic: &TopicKey,
-        since: &Since,
-        limit: usize,
-    ) -> Result<Recovery, BrokerError> {
-        let [seq_key, epoch_key, hist_key] = keys_of(topic);
-        let mut conn = self.conn.clone();
-        let (epoch, head): (Option<String>, Option<u64>) = redis::pipe()
-            .get(&epoch_key)
-            .get(&seq_key)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let head = head.unwrap_or(0);
-        let epoch: Arc<str> = epoch.unwrap_or_default().into();
-        let head_cursor = Cursor::new(epoch.clone(), head);
-        let after = match since {
-            Since::Beginning => 0,
-            Since::After(c) if epoch.is_empty() || c.epoch != epoch || c.offset > head => {
-                return Ok(Recovery {
-                    messages: Vec::new(),
-                    recovered: false,
-                    head: head_cursor,
-                });
-            }
-            Since::After(c) => c.offset,
-        };
-        if epoch.is_empty() || limit == 0 {
-            return Ok(Recovery {
-                messages: Vec::new(),
-                recovered: after >= head,
-                head: head_cursor,
-            });
-        }
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-            .arg(&hist_key)
-            .arg("+")
-            .arg(format!("({after}-0"))
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let mut messages = Vec::with_capacity(entries.len());
-        for (_, fields) in entries.iter().rev() {
-            let Some((_, text)) = fields.iter().find(|(k, _)| k == "e") else {
-                continue;
-            };
-            match WireEnvelope::parse(text).and_then(|w| w.into_envelope(&self.node_id)) {
-                Ok((env, _)) => messages.push(Arc::new(env)),
-                Err(e) => {
-                    tracing::warn!(topic = %topic, error = %e, "skipping a malformed history entry")
-                }
-            }
-        }
-        let first = messages
-            .first()
-            .and_then(|e| e.cursor.as_ref().map(|c| c.offset));
-        let recovered = match first {
-            Some(f) => f == after + 1,
-            None => after >= head,
-        };
-        Ok(Recovery {
-            messages,
-            recovered,
-            head: head_cursor,
-        })
-    }
-}
-
-impl Shared {
     /// The oldest `limit` messages after `after` (one page of a catch-up).
     pub async fn read(
         &self,
@@ -381,15 +307,6 @@ impl Broker for RedisBroker {
         Ok(Some(Cursor::new(epoch.into(), offset)))
     }
 
-    async fn history(
-        &self,
-        topic: &TopicKey,
-        since: &Since,
-        limit: usize,
-    ) -> Result<Recovery, BrokerError> {
-        self.shared.history(topic, since, limit).await
-    }
-
     async fn read(
         &self,
         topic: &TopicKey,
@@ -407,7 +324,6 @@ impl Broker for RedisBroker {
     ) -> Result<Vec<Arc<Envelope>>, BrokerError> {
         // The stream is keyed by offset, not time: read the retained tail and filter by time.
         let rec = self
-            .shared
             .history(topic, &Since::Beginning, self.shared.config.history_size)
             .await?;
         let mut out: Vec<_> = rec
