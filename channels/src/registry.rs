@@ -123,26 +123,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Encodes one message per wire format, on first use, and shares the bytes.
 struct Encoded<'a> {
     env: &'a Envelope,
+    replayed: bool,
     wire_topic: String,
-    meta: String,
     v1: Option<Option<OutFrame>>,
     v2: Option<Option<OutFrame>>,
+    sse: Option<Option<OutFrame>>,
 }
 
 impl<'a> Encoded<'a> {
     fn new(env: &'a Envelope, replayed: bool) -> Self {
-        let meta = match (&env.cursor, replayed) {
-            (Some(c), false) => format!(r#"{{"cursor":"{c}"}}"#),
-            (Some(c), true) => format!(r#"{{"cursor":"{c}","replayed":true}}"#),
-            (None, false) => String::new(),
-            (None, true) => r#"{"replayed":true}"#.to_owned(),
-        };
         Self {
             env,
+            replayed,
             wire_topic: env.topic.wire(),
-            meta,
             v1: None,
             v2: None,
+            sse: None,
         }
     }
 
@@ -150,6 +146,7 @@ impl<'a> Encoded<'a> {
         let slot = match format {
             Format::V1 => &mut self.v1,
             Format::V2 => &mut self.v2,
+            Format::Sse => &mut self.sse,
         };
         slot.get_or_insert_with(|| {
             codec::encode_broadcast(
@@ -157,7 +154,8 @@ impl<'a> Encoded<'a> {
                 &self.wire_topic,
                 &self.env.event,
                 &self.env.payload,
-                &self.meta,
+                self.env.cursor.as_ref(),
+                self.replayed,
             )
         })
         .clone()
@@ -168,6 +166,7 @@ impl<'a> Encoded<'a> {
 struct EncodedDiff {
     v1: OutFrame,
     v2: OutFrame,
+    sse: OutFrame,
 }
 
 impl EncodedDiff {
@@ -184,6 +183,7 @@ impl EncodedDiff {
         Self {
             v1: codec::encode(Format::V1, msg),
             v2: codec::encode(Format::V2, msg),
+            sse: codec::encode(Format::Sse, msg),
         }
     }
 
@@ -191,6 +191,7 @@ impl EncodedDiff {
         match format {
             Format::V1 => self.v1.clone(),
             Format::V2 => self.v2.clone(),
+            Format::Sse => self.sse.clone(),
         }
     }
 }

@@ -372,30 +372,44 @@ impl Session {
             broadcast_self: flex_bool(broadcast.and_then(|b| b.get("self"))),
             presence_enabled,
         };
-        // Subscribe before joining: with a cross-node broker, messages published from now on
-        // must reach this node before the history read below, or the join could miss some.
-        let subscribed = self.node.broker.subscribe(&key).await;
-        self.node
-            .registry
-            .join(&key, member, reply, catch_up.is_some());
-        self.node.stats.joins.fetch_add(1, Ordering::Relaxed);
-        if self.channels.capacity() == 0 {
-            // Most connections join one topic: do not let the first push reserve four slots.
-            self.channels.reserve_exact(1);
-        }
-        self.channels.push(Channel {
-            key: key.clone(),
+        let channel = Channel {
+            key,
             join_ref: m.join_ref.clone(),
             ack: flex_bool(broadcast.and_then(|b| b.get("ack"))),
             presence_key,
             expires_at: instant_of(principal.exp),
             token,
             principal,
-        });
+        };
+        self.enter(channel, member, reply, catch_up).await;
+    }
+
+    /// Makes an admitted member live: subscribes (before joining, so a cross-node broker
+    /// delivers everything published from now on before the history read), joins the registry
+    /// with `first` as the first frame, records the channel, and starts the catch-up.
+    async fn enter(
+        &mut self,
+        channel: Channel,
+        member: Member,
+        first: OutFrame,
+        catch_up: Option<CatchUp>,
+    ) {
+        let key = channel.key.clone();
+        let join_ref = channel.join_ref.clone();
+        let subscribed = self.node.broker.subscribe(&key).await;
+        self.node
+            .registry
+            .join(&key, member, first, catch_up.is_some());
+        self.node.stats.joins.fetch_add(1, Ordering::Relaxed);
+        if self.channels.capacity() == 0 {
+            // Most connections join one topic: do not let the first push reserve four slots.
+            self.channels.reserve_exact(1);
+        }
+        self.channels.push(channel);
         if let Err(e) = subscribed {
             tracing::warn!(topic = %key, error = %e, "broker subscribe failed");
             self.system(
-                m.join_ref.as_ref(),
+                join_ref.as_ref(),
                 &key,
                 "error",
                 "Cross-node delivery is unavailable; messages from other nodes may be missed",
@@ -409,11 +423,49 @@ impl Session {
                 outbox: self.outbox.clone(),
                 format: self.format,
                 conn: self.conn,
-                key: key.clone(),
-                join_ref: m.join_ref.clone(),
+                key,
+                join_ref,
             };
             tokio::spawn(job.run(c));
         }
+    }
+
+    /// Joins `key` as a read-only stream (SSE): authorised for reading with the connection's
+    /// token, resuming after `since` when given. `first` is the stream's first bytes. Errors are
+    /// the refusal reason (`Unauthorized: …`).
+    pub async fn join_stream(
+        &mut self,
+        key: TopicKey,
+        since: Option<Since>,
+        first: OutFrame,
+    ) -> Result<(), String> {
+        let principal = self.connect_principal.clone();
+        self.node
+            .kinds
+            .authorize(&principal, &key, Access::Read)
+            .await
+            .map_err(|d| d.0)?;
+        let member = Member {
+            conn: self.conn,
+            outbox: self.outbox.clone(),
+            format: self.format,
+            join_ref: None,
+            broadcast_self: false,
+            presence_enabled: false,
+        };
+        let channel = Channel {
+            key,
+            join_ref: None,
+            ack: false,
+            presence_key: None,
+            expires_at: instant_of(principal.exp),
+            token: self.connect_token,
+            principal,
+        };
+        let limit = self.node.config.resume_limit;
+        let catch_up = since.map(|since| CatchUp::Resume { since, limit });
+        self.enter(channel, member, first, catch_up).await;
+        Ok(())
     }
 
     async fn leave_channel(&mut self, topic: &str) -> Option<Channel> {

@@ -48,6 +48,10 @@ pub struct Config {
     #[arg(long, env = "HUB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Send an SSE stream a heartbeat comment this often.
+    #[arg(long, env = "HUB_SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub sse_heartbeat: Duration,
+
     /// Largest WebSocket frame or message a client may send, in bytes.
     #[arg(long, env = "HUB_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
     pub max_frame_bytes: usize,

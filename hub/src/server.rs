@@ -2,7 +2,7 @@
 //!
 //! The hub runs its own loop over hyper instead of `axum::serve` for two reasons: the WebSocket
 //! transport needs the raw `TcpStream` back after the upgrade (to read and write it without any
-//! library buffer, see `transport::ws_conn`), which only works when hyper is given the stream
+//! library buffer, see `transport::conn`), which only works when hyper is given the stream
 //! directly; and accept errors such as running out of file descriptors must back off rather than
 //! spin, which matters on machines capped at 20,000 open files.
 
@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::routes::router;
 use crate::state::AppState;
+use crate::transport::sse;
 
 /// Pending-connection queue length. tokio's `TcpListener::bind` uses 128, which overflows when
 /// thousands of clients reconnect at once (the kernel then drops SYNs and clients retry after a
@@ -96,6 +97,9 @@ pub async fn serve(
 async fn serve_http(tcp: TcpStream, app: axum::Router, state: AppState) {
     // Small frames (heartbeat replies, single broadcasts) must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
+    if is_event_stream(&tcp).await {
+        return sse::serve(tcp, state).await;
+    }
     let service = TowerToHyperService::new(app);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -113,6 +117,27 @@ async fn serve_http(tcp: TcpStream, app: axum::Router, state: AppState) {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(state.config.drain_timeout, conn).await;
         }
+    }
+}
+
+/// Whether the connection's first request is `GET /v1/sse/…` (peeked, not consumed). Event
+/// streams are served on the raw socket (see `transport::sse`); everything else goes to hyper.
+async fn is_event_stream(tcp: &TcpStream) -> bool {
+    let mut head = [0u8; sse::PREFIX.len()];
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tcp.peek(&mut head)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || head[..n] != sse::PREFIX[..n] {
+            return false;
+        }
+        if n == head.len() {
+            return true;
+        }
+        // A prefix arrived but not the whole request line start: wait for more bytes.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

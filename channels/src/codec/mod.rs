@@ -3,17 +3,20 @@
 //! - [`v1`]: `vsn=1.0.0`, JSON objects `{topic, event, payload, ref}`.
 //! - [`v2`]: `vsn=2.0.0`, JSON arrays `[join_ref, ref, topic, event, payload]`.
 //! - [`binary`]: the V2 binary broadcast frames, kind 3 in and kind 4 out.
+//! - [`sse`]: server-sent events, for readers on `GET /v1/sse/{topic}`.
 //!
 //! Decoding produces an owned [`Inbound`]; encoding produces [`OutFrame`]s whose bytes can be
 //! shared by every member that speaks the same format.
 
 pub mod binary;
+pub mod sse;
 pub mod v1;
 pub mod v2;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::cursor::Cursor;
 use crate::envelope::Payload;
 use crate::outbox::OutFrame;
 
@@ -24,6 +27,8 @@ pub enum Format {
     V1,
     /// `vsn=2.0.0`.
     V2,
+    /// Server-sent events: read-only, one event per message with its cursor as `id`.
+    Sse,
 }
 
 impl Format {
@@ -120,13 +125,14 @@ pub fn decode_text(format: Format, text: &[u8]) -> Result<Inbound, DecodeError> 
     match format {
         Format::V1 => v1::decode(text),
         Format::V2 => v2::decode(text),
+        Format::Sse => Err(DecodeError::Shape("event streams take no messages")),
     }
 }
 
 /// Decodes a binary frame.
 pub fn decode_binary(format: Format, data: &[u8]) -> Result<Inbound, DecodeError> {
     match format {
-        Format::V1 => Err(DecodeError::BinaryOnV1),
+        Format::V1 | Format::Sse => Err(DecodeError::BinaryOnV1),
         Format::V2 => binary::decode_user_broadcast_push(data),
     }
 }
@@ -153,6 +159,11 @@ pub fn encode(format: Format, msg: Outbound<'_>) -> OutFrame {
     let bytes = match format {
         Format::V1 => v1::encode(msg),
         Format::V2 => v2::encode(msg),
+        Format::Sse => {
+            let mut out = Vec::with_capacity(msg.payload.len() + msg.event.len() + 24);
+            sse::push_event(&mut out, None, msg.event, msg.payload.as_bytes());
+            out
+        }
     };
     OutFrame::Text(Bytes::from(bytes))
 }
@@ -190,16 +201,36 @@ pub fn reply_payload(status: &str, response: &str) -> String {
 }
 
 /// Encodes a broadcast for every member of one format. Returns `None` when this format cannot
-/// carry it (a binary payload to V1, which the real server does not send either).
+/// carry it (a binary payload to V1 or SSE; the real server does not send those to V1 either).
+///
+/// The message's cursor travels in `meta.cursor` (WebSocket) or as the event `id` (SSE);
+/// `replayed` marks messages delivered from history.
 pub fn encode_broadcast(
     format: Format,
     wire_topic: &str,
     event: &str,
     payload: &Payload,
-    meta: &str,
+    cursor: Option<&Cursor>,
+    replayed: bool,
 ) -> Option<OutFrame> {
+    if format == Format::Sse {
+        let Payload::Json(json) = payload else {
+            return None;
+        };
+        let id = cursor.map(ToString::to_string);
+        let mut out = Vec::with_capacity(json.len() + event.len() + 48);
+        sse::push_event(&mut out, id.as_deref(), event, json);
+        return Some(OutFrame::Text(Bytes::from(out)));
+    }
+    let meta = match (cursor, replayed) {
+        (Some(c), false) => format!(r#"{{"cursor":"{c}"}}"#),
+        (Some(c), true) => format!(r#"{{"cursor":"{c}","replayed":true}}"#),
+        (None, false) => String::new(),
+        (None, true) => r#"{"replayed":true}"#.to_owned(),
+    };
+    let meta = meta.as_str();
     match format {
-        Format::V1 => match payload {
+        Format::V1 | Format::Sse => match payload {
             Payload::Json(json) => Some(OutFrame::Text(Bytes::from(v1::encode(Outbound {
                 join_ref: None,
                 msg_ref: None,
@@ -299,9 +330,10 @@ mod tests {
     #[test]
     fn broadcast_reaches_v1_as_json_and_v2_as_kind_4() {
         let payload = Payload::Json(Bytes::from_static(br#"{"x":1}"#));
-        let meta = r#"{"cursor":"e:1"}"#;
+        let cursor = Cursor::new("e".into(), 1);
+        let meta = Some(&cursor);
         let Some(OutFrame::Text(v1)) =
-            encode_broadcast(Format::V1, "realtime:r", "cur", &payload, meta)
+            encode_broadcast(Format::V1, "realtime:r", "cur", &payload, meta, false)
         else {
             panic!("V1 gets a text frame");
         };
@@ -310,13 +342,20 @@ mod tests {
             r#"{"topic":"realtime:r","event":"broadcast","payload":{"type":"broadcast","event":"cur","payload":{"x":1},"meta":{"cursor":"e:1"}},"ref":null}"#
         );
         let Some(OutFrame::Binary(v2)) =
-            encode_broadcast(Format::V2, "realtime:r", "cur", &payload, meta)
+            encode_broadcast(Format::V2, "realtime:r", "cur", &payload, meta, false)
         else {
             panic!("V2 gets a binary frame");
         };
         assert_eq!(v2[0], 4);
         let bin = Payload::Binary(Bytes::from_static(&[1, 2, 3]));
-        assert!(encode_broadcast(Format::V1, "realtime:r", "b", &bin, meta).is_none());
+        assert!(encode_broadcast(Format::V1, "realtime:r", "b", &bin, meta, false).is_none());
+        assert!(encode_broadcast(Format::Sse, "realtime:r", "b", &bin, meta, false).is_none());
+        let Some(OutFrame::Text(sse)) =
+            encode_broadcast(Format::Sse, "realtime:r", "cur", &payload, meta, false)
+        else {
+            panic!("SSE gets a text event");
+        };
+        assert_eq!(&sse[..], b"id: e:1\nevent: cur\ndata: {\"x\":1}\n\n");
     }
 
     #[test]
@@ -324,7 +363,7 @@ mod tests {
         let payload = Payload::Json(Bytes::from_static(b"{}"));
         let event = "e".repeat(300);
         let Some(OutFrame::Text(t)) =
-            encode_broadcast(Format::V2, "realtime:r", &event, &payload, "")
+            encode_broadcast(Format::V2, "realtime:r", &event, &payload, None, false)
         else {
             panic!("text fallback");
         };

@@ -1,4 +1,5 @@
 //! Transports: adapters from a wire to the channel [`channels::Session`]. One file per protocol.
 
+pub mod conn;
+pub mod sse;
 pub mod ws;
-pub mod ws_conn;

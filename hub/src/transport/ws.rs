@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::api::error::upgrade_error;
 use crate::state::AppState;
-use crate::transport::ws_conn::{self, ConnParams};
+use crate::transport::conn::{self, ConnParams};
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
@@ -63,7 +63,7 @@ fn connect_message(e: &TokenError) -> String {
     }
 }
 
-/// Validates the upgrade request and the token, then hands the socket to [`ws_conn::run`].
+/// Validates the upgrade request and the token, then hands the socket to [`conn::run`].
 pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
     let headers = req.headers();
     if !header_has_token(headers, header::UPGRADE, "websocket")
@@ -132,8 +132,9 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         let params = ConnParams {
             idle_timeout: st.config.idle_timeout,
             max_frame: st.config.max_frame_bytes,
+            wire: conn::Wire::WebSocket,
         };
-        ws_conn::run(
+        conn::run(
             parts.io.into_inner(),
             parts.read_buf,
             session,

@@ -1,4 +1,5 @@
-//! One WebSocket connection after the upgrade: reads frames into the session, writes the outbox.
+//! One long-lived client connection (a WebSocket after its upgrade, or a server-sent event
+//! stream after its response head): reads frames into the session, writes the outbox.
 //!
 //! One task per connection, one `select!` loop, and the raw `TcpStream` shared by reference
 //! between the read and write branches (`readable`/`try_read`, `writable`/`try_write` take
@@ -44,10 +45,18 @@ thread_local! {
     static WSCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Encodes `frames` as unmasked WebSocket frames at the end of `out`.
-fn encode_frames(out: &mut Vec<u8>, frames: &mut Vec<OutFrame>) {
+/// Encodes `frames` at the end of `out`: as unmasked WebSocket frames, or as they are for an
+/// event stream (its frames are complete `text/event-stream` events).
+fn encode_frames(out: &mut Vec<u8>, frames: &mut Vec<OutFrame>, wire: Wire) {
     let total: usize = frames.iter().map(|f| f.len() + 10).sum();
     out.reserve(total);
+    if wire == Wire::EventStream {
+        for f in frames.drain(..) {
+            let (OutFrame::Text(b) | OutFrame::Binary(b)) = &f;
+            out.extend_from_slice(b);
+        }
+        return;
+    }
     for f in frames.drain(..) {
         let (op, bytes) = match &f {
             OutFrame::Text(b) => (Opcode::Text, b),
@@ -61,10 +70,22 @@ fn encode_frames(out: &mut Vec<u8>, frames: &mut Vec<OutFrame>) {
 /// Per-connection settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnParams {
-    /// Close after this long without any inbound frame.
+    /// WebSocket: close after this long without any inbound frame. Event stream: send a
+    /// heartbeat comment this often (its readers never send anything).
     pub idle_timeout: Duration,
     /// Largest frame or reassembled message accepted.
     pub max_frame: usize,
+    /// What travels on the connection.
+    pub wire: Wire,
+}
+
+/// The framing of a connection's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// RFC 6455 frames both ways.
+    WebSocket,
+    /// `text/event-stream` out (frames are written as they are), nothing meaningful in.
+    EventStream,
 }
 
 /// Why reading stopped.
@@ -76,7 +97,8 @@ enum Stop {
     CloseFrame,
     /// The stream failed.
     Io(io::Error),
-    /// The peer broke the protocol; close with this code and reason.
+    /// The peer broke the protocol, or the server ends the connection; close with this code
+    /// and reason (an event stream just ends).
     Protocol(u16, String),
 }
 
@@ -259,6 +281,23 @@ impl Conn {
                 }
                 Event::Timer => {
                     let now = Instant::now();
+                    if self.params.wire == Wire::EventStream {
+                        if now >= idle_check {
+                            idle_check = now + self.params.idle_timeout;
+                            self.wbuf.extend_from_slice(channels::codec::sse::HEARTBEAT);
+                            if let Err(e) = self.flush() {
+                                return self.finish(Stop::Io(e)).await;
+                            }
+                        }
+                        Box::pin(session.on_timer()).await;
+                        if session.channel_count() == 0 {
+                            // Its one topic was closed (token expired): the stream ends.
+                            return self
+                                .finish(Stop::Protocol(1000, "stream ended".into()))
+                                .await;
+                        }
+                        continue;
+                    }
                     if now >= idle_check {
                         if now.duration_since(last_activity) >= self.params.idle_timeout {
                             return self
@@ -329,6 +368,10 @@ impl Conn {
 
     /// Decodes every complete frame at the start of `buf`; returns the bytes used.
     fn parse(&mut self, buf: &mut [u8], out: &mut Vec<Inbound>) -> Result<usize, Stop> {
+        if self.params.wire == Wire::EventStream {
+            // Event-stream readers have nothing to say after their request; ignore it.
+            return Ok(buf.len());
+        }
         let max = self.params.max_frame;
         let format = self.format;
         let mut pos = 0;
@@ -355,7 +398,7 @@ impl Conn {
 
     /// Appends `frames` to the pending write buffer (used when bytes are already waiting).
     fn encode(&mut self, frames: &mut Vec<OutFrame>) {
-        encode_frames(&mut self.wbuf, frames);
+        encode_frames(&mut self.wbuf, frames, self.params.wire);
     }
 
     /// Writes `frames` now: encoded into the thread's scratch buffer and written with one system
@@ -369,7 +412,7 @@ impl Conn {
         WSCRATCH.with(|cell| {
             let mut buf = cell.borrow_mut();
             buf.clear();
-            encode_frames(&mut buf, frames);
+            encode_frames(&mut buf, frames, self.params.wire);
             let mut pos = 0;
             while pos < buf.len() {
                 match self.stream.try_write(&buf[pos..]) {
@@ -451,7 +494,9 @@ impl Conn {
                 "peer sent close".to_owned()
             }
             Stop::Protocol(code, reason) => {
-                ws_frame::write_close(&mut self.wbuf, code, &reason, None);
+                if self.params.wire == Wire::WebSocket {
+                    ws_frame::write_close(&mut self.wbuf, code, &reason, None);
+                }
                 self.linger().await;
                 format!("closed by server: {code} {reason}")
             }
@@ -525,6 +570,7 @@ mod tests {
         let params = super::ConnParams {
             idle_timeout: std::time::Duration::from_secs(1),
             max_frame: 1000,
+            wire: super::Wire::WebSocket,
         };
         let fut = super::run(server, bytes::Bytes::new(), session, outbox, params);
         let size = std::mem::size_of_val(&fut);

@@ -1,0 +1,279 @@
+//! Server-sent events: `GET /v1/sse/{topic}` streams any topic the caller may read.
+//!
+//! Each message is `id: <cursor>`, `event: <event>`, `data: <JSON>`; the stream starts with a
+//! `retry:` hint and carries a comment heartbeat. A reconnecting `EventSource` sends the last id
+//! it saw as `Last-Event-ID` (or a client passes `?since=`), and the stream replays what history
+//! still holds after it, exactly once, then goes live; when that is not possible it says so with
+//! a `system` event first.
+//!
+//! Authentication: `Authorization: Bearer`, an `access_token` query parameter (`EventSource`
+//! cannot set headers), or an `access_token` cookie. Authorisation is the topic kind's read rule,
+//! as for a WebSocket join.
+//!
+//! The server's accept loop hands these requests here before hyper sees them (it peeks at the
+//! request line): the stream then runs on the raw socket with the same lean connection task as a
+//! WebSocket, so an idle stream costs a few KiB instead of an HTTP connection's buffers.
+
+use std::time::Duration;
+
+use channels::codec::sse;
+use channels::{Format, OutFrame, Outbox, Principal, Session, Since, TokenVerifier, TopicKey};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::api::app_error::{AppError, ErrorCode};
+use crate::api::credentials;
+use crate::api::request_id::RequestId;
+use crate::state::AppState;
+use crate::transport::conn::{self, ConnParams, Wire};
+
+/// The request line prefix that routes a connection here.
+pub const PREFIX: &[u8] = b"GET /v1/sse/";
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The reconnect delay suggested to `EventSource` (its `retry:` field), in milliseconds.
+const RETRY_MS: u64 = 2000;
+
+/// The parts of the request the stream needs.
+struct Request {
+    topic: String,
+    query: Vec<(String, String)>,
+    headers: HeaderMap,
+}
+
+impl Request {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Serves one SSE request on `tcp` until the stream ends.
+pub async fn serve(mut tcp: TcpStream, state: AppState) {
+    let request_id = RequestId::generate();
+    let req = match tokio::time::timeout(HEAD_TIMEOUT, read_request(&mut tcp)).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(e)) => return respond_error(&mut tcp, &request_id, e).await,
+        Err(_) => return, // a client that never finished its request: just close
+    };
+    let request_id = req
+        .headers
+        .get("x-request-id")
+        .and_then(RequestId::from_incoming)
+        .unwrap_or(request_id);
+    let (session, outbox) = match admit(&state, &req).await {
+        Ok(x) => x,
+        Err(e) => return respond_error(&mut tcp, &request_id, e).await,
+    };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         x-accel-buffering: no\r\nx-request-id: {}\r\n\r\n",
+        request_id.as_str()
+    );
+    if tcp.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let params = ConnParams {
+        idle_timeout: state.config.sse_heartbeat,
+        max_frame: 0,
+        wire: Wire::EventStream,
+    };
+    conn::run(tcp, bytes::Bytes::new(), session, outbox, params).await;
+}
+
+/// Authenticates, authorises and joins: the session is live when this returns `Ok`.
+async fn admit(state: &AppState, req: &Request) -> Result<(Session, Outbox), AppError> {
+    let token = credentials::jwt(&req.headers)
+        .map(str::to_owned)
+        .or_else(|| req.param("access_token").map(str::to_owned))
+        .or_else(|| cookie(&req.headers, "access_token"))
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            AppError::new(
+                ErrorCode::AuthenticationRequired,
+                "A token is required: Authorization: Bearer, access_token query parameter or cookie",
+            )
+        })?;
+    let principal: Principal = state
+        .verifier
+        .verify(&token)
+        .map_err(|e| AppError::new(ErrorCode::InvalidToken, e.to_string()))?;
+    let private = req.param("private") == Some("true");
+    let topic = TopicKey::new(&req.topic, private)
+        .map_err(|e| AppError::new(ErrorCode::ValidationError, e.to_string()))?;
+    let since = req
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.param("since"))
+        .filter(|s| !s.is_empty())
+        .map(Since::parse)
+        .transpose()
+        .map_err(|e| AppError::new(ErrorCode::ValidationError, e.to_string()))?;
+    let outbox = Outbox::new(state.node.config.outbox);
+    let mut session = Session::new(
+        state.node.clone(),
+        Format::Sse,
+        outbox.clone(),
+        &token,
+        principal,
+    );
+    let first = OutFrame::Text(bytes::Bytes::from(sse::preamble(RETRY_MS)));
+    session
+        .join_stream(topic, since, first)
+        .await
+        .map_err(|reason| AppError::new(ErrorCode::Forbidden, reason))?;
+    Ok((session, outbox))
+}
+
+/// A cookie's value.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.trim().to_owned())
+        })
+}
+
+/// Reads and parses the request head (the stream has no body).
+async fn read_request(tcp: &mut TcpStream) -> Result<Request, AppError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = tcp
+            .read(&mut chunk)
+            .await
+            .map_err(|e| AppError::new(ErrorCode::ValidationError, e.to_string()))?;
+        if n == 0 {
+            return Err(AppError::new(
+                ErrorCode::ValidationError,
+                "connection closed before the request was complete",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(req) = parse_head(&buf)? {
+            return Ok(req);
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(AppError::new(
+                ErrorCode::ValidationError,
+                "request head too large",
+            ));
+        }
+    }
+}
+
+/// Parses a request head; `Ok(None)` while it is incomplete.
+fn parse_head(buf: &[u8]) -> Result<Option<Request>, AppError> {
+    let mut raw = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut raw);
+    let bad = |m: &str| AppError::new(ErrorCode::ValidationError, m.to_owned());
+    match parsed.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(e) => return Err(bad(&format!("malformed request: {e}"))),
+    }
+    let path = parsed.path.unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let topic = path
+        .strip_prefix("/v1/sse/")
+        .ok_or_else(|| bad("not an SSE path"))?;
+    let topic = percent_decode(topic).ok_or_else(|| bad("topic is not valid UTF-8"))?;
+    let query = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect();
+    let mut headers = HeaderMap::new();
+    for h in parsed.headers.iter() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    Ok(Some(Request {
+        topic,
+        query,
+        headers,
+    }))
+}
+
+/// Decodes `%XX` escapes and `+` (query strings); `None` when the result is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match b.get(i + 1..i + 3) {
+                Some(&[h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                    out.push(hex(h) * 16 + hex(l));
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Answers with the hub's JSON error and closes.
+async fn respond_error(tcp: &mut TcpStream, request_id: &RequestId, e: AppError) {
+    let status: StatusCode = e.status();
+    let body = e.body(Some(request_id.as_str())).to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         x-request-id: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        request_id.as_str()
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_topic_query_and_headers() {
+        let raw = b"GET /v1/sse/chat%3A42?access_token=abc&since=e%3A3 HTTP/1.1\r\nHost: x\r\n\
+                    Last-Event-ID: e:7\r\nCookie: a=1; access_token=tok\r\n\r\n";
+        let req = parse_head(raw).unwrap().unwrap();
+        assert_eq!(req.topic, "chat:42");
+        assert_eq!(req.param("access_token"), Some("abc"));
+        assert_eq!(req.param("since"), Some("e:3"));
+        assert_eq!(req.headers.get("last-event-id").unwrap(), "e:7");
+        assert_eq!(cookie(&req.headers, "access_token").as_deref(), Some("tok"));
+        assert!(
+            parse_head(b"GET /v1/sse/x HTTP/1.1\r\nHost")
+                .unwrap()
+                .is_none()
+        );
+        assert!(parse_head(b"\x00\x01 garbage\r\n\r\n").is_err());
+    }
+}
