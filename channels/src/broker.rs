@@ -231,6 +231,9 @@ impl MemoryBroker {
             time_ms: now_ms(),
         });
         h.ring.append(env.clone());
+        if crate::chat::compacts(&env) {
+            h.ring.compact();
+        }
         h.last_used = Instant::now();
         // Delivered under the history lock so every member sees this topic in offset order.
         self.registry.deliver(&env, p.origin);
@@ -318,8 +321,14 @@ impl KindRouter {
 
 #[async_trait]
 impl Broker for KindRouter {
-    async fn publish(&self, publication: Publication) -> Result<Option<Cursor>, BrokerError> {
-        self.of(&publication.topic).publish(publication).await
+    async fn publish(&self, mut publication: Publication) -> Result<Option<Cursor>, BrokerError> {
+        let broker = self.of(&publication.topic);
+        if crate::chat::is_chat(&publication.topic) && &*publication.event == "done" {
+            // The stream compacts to its `done`, so `done` must carry the whole text.
+            let text = crate::chat::text_so_far(broker.as_ref(), &publication.topic).await?;
+            publication.payload = crate::chat::completed_done(&publication.payload, &text);
+        }
+        broker.publish(publication).await
     }
 
     async fn read(

@@ -81,6 +81,14 @@ impl HistoryRing {
         self.next_offset - self.buf.len() as u64
     }
 
+    /// Keeps only the newest message (a chat stream's completed `done`, which carries the whole
+    /// text): older offsets stop being resumable and readers get a snapshot instead.
+    pub fn compact(&mut self) {
+        while self.buf.len() > 1 {
+            self.buf.pop_front();
+        }
+    }
+
     /// The oldest `limit` messages after `after` (paging through history during a catch-up).
     pub fn read(&self, after: &Since, limit: usize) -> Page {
         let after = match after {

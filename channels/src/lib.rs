@@ -13,6 +13,7 @@
 //! - [`broker`]: the `Broker` trait and the in-memory default.
 //! - [`auth`]: the verified identity and the token-verifier seam; [`kinds`]: who may read, write
 //!   and track presence on each kind of topic.
+//! - [`chat`]: chat streams (snapshots, mergeable deltas, compaction on `done`).
 //! - [`sessions`]: build sessions and timelines (seed 004) and their in-memory store.
 //! - [`node`], [`session`]: shared node state and one connection's protocol state machine;
 //!   [`connections`]: every open connection, so the node can close them all.
@@ -24,12 +25,14 @@
 
 pub mod auth;
 pub mod broker;
+pub mod chat;
 pub mod codec;
 pub mod connections;
 pub mod cursor;
 pub mod envelope;
 pub mod history;
 pub mod kinds;
+pub mod limits;
 pub mod node;
 pub mod outbox;
 pub mod presence;

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub join_error_delay: Duration,
     /// Bounds of each connection's outbox.
     pub outbox: OutboxLimits,
+    /// Chat `input` messages one user may send per hour. Default 100 (seed 003).
+    pub chat_input_per_hour: u32,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +43,7 @@ impl Default for NodeConfig {
             replay_limit: 25,
             join_error_delay: Duration::from_secs(1),
             outbox: OutboxLimits::default(),
+            chat_input_per_hour: 100,
         }
     }
 }
@@ -71,6 +74,8 @@ pub struct Node {
     pub stats: NodeStats,
     /// Every open connection.
     pub connections: Connections,
+    /// Chat input per user (`sub`, or the token for users without one).
+    pub chat_inputs: crate::limits::KeyedLimiter,
     next_conn: AtomicU64,
 }
 
@@ -95,7 +100,9 @@ impl Node {
         broker: Arc<dyn Broker>,
         kinds: Kinds,
     ) -> Arc<Self> {
+        let chat_inputs = crate::limits::KeyedLimiter::per_hour(config.chat_input_per_hour);
         Arc::new(Self {
+            chat_inputs,
             registry,
             broker,
             verifier,

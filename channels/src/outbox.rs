@@ -17,20 +17,64 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
-/// One WebSocket data frame to send.
+use crate::codec::Format;
+use crate::cursor::Cursor;
+use crate::topic::TopicKey;
+
+/// One frame to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutFrame {
-    /// A text frame (JSON).
+    /// A text frame (JSON, or an SSE event).
     Text(Bytes),
     /// A binary frame (V2 kind 4).
     Binary(Bytes),
+    /// A chat token delta: kept structured while it waits, so that consecutive deltas of one
+    /// topic merge into one event for a reader that falls behind (its text stays exactly right
+    /// and its queue stops growing in frames). Turned into bytes with [`OutFrame::into_wire`].
+    Delta(Box<Delta>),
+}
+
+/// A chat token delta waiting in an outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The member's wire format.
+    pub format: Format,
+    /// The chat topic.
+    pub topic: TopicKey,
+    /// The text (`{"text": …}` of the `token` event).
+    pub text: String,
+    /// Cursor of the newest delta merged in.
+    pub cursor: Option<Cursor>,
+    /// The event as encoded for every member of this format, while nothing was merged into it.
+    pub encoded: Option<Bytes>,
+    /// Whether `encoded` is a binary frame.
+    pub binary: bool,
 }
 
 impl OutFrame {
-    /// Payload length in bytes.
+    /// Payload length in bytes (for a delta: its text, plus room for its framing).
     pub fn len(&self) -> usize {
         match self {
             Self::Text(b) | Self::Binary(b) => b.len(),
+            Self::Delta(d) => d.text.len() + 64,
+        }
+    }
+
+    /// The bytes to write and whether they form a binary frame.
+    pub fn into_wire(self) -> (Bytes, bool) {
+        match self {
+            Self::Text(b) => (b, false),
+            Self::Binary(b) => (b, true),
+            Self::Delta(d) => {
+                if let Some(b) = d.encoded {
+                    return (b, d.binary);
+                }
+                match crate::codec::encode_delta(d.format, &d.topic, &d.text, d.cursor.as_ref()) {
+                    Some(Self::Binary(b)) => (b, true),
+                    Some(Self::Text(b)) => (b, false),
+                    _ => (Bytes::new(), false),
+                }
+            }
         }
     }
 
@@ -165,26 +209,44 @@ impl Outbox {
             return Pushed::Closed;
         }
         let limits = self.inner.limits;
-        if st.frames.len() >= limits.max_frames || st.bytes + frame.len() > limits.max_bytes {
-            st.closed = Some(CloseReason::Slow);
-            st.frames.clear();
-            st.bytes = 0;
-            let waker = st.notify_close();
-            drop(st);
-            if let Some(w) = waker {
-                w.wake();
+        // A delta right behind another of the same topic joins it instead of queueing: a slow
+        // chat reader's queue stops growing in frames, only by the text it has not read yet.
+        let st = &mut *st;
+        if let OutFrame::Delta(new) = &frame
+            && let Some(OutFrame::Delta(last)) = st.frames.back_mut()
+            && last.topic == new.topic
+        {
+            let added = new.text.len();
+            if st.bytes + added > limits.max_bytes {
+                return self.overflow(st);
             }
-            return Pushed::Overflowed;
+            last.text.push_str(&new.text);
+            last.cursor.clone_from(&new.cursor);
+            last.encoded = None;
+            st.bytes += added;
+            return Pushed::Queued;
+        }
+        if st.frames.len() >= limits.max_frames || st.bytes + frame.len() > limits.max_bytes {
+            return self.overflow(st);
         }
         st.bytes += frame.len();
         st.frames.push_back(frame);
         // Only the first push after the writer registered needs to wake it; it drains them all.
-        let waker = st.notify_push();
-        drop(st);
-        if let Some(w) = waker {
+        if let Some(w) = st.notify_push() {
             w.wake();
         }
         Pushed::Queued
+    }
+
+    /// A bound was hit: close as a slow reader (see the module doc).
+    fn overflow(&self, st: &mut State) -> Pushed {
+        st.closed = Some(CloseReason::Slow);
+        st.frames.clear();
+        st.bytes = 0;
+        if let Some(w) = st.notify_close() {
+            w.wake();
+        }
+        Pushed::Overflowed
     }
 
     /// Closes the outbox: the writer sends what is queued, then a close frame with this reason.
@@ -381,6 +443,57 @@ mod tests {
     fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
         let waker = std::task::Waker::noop();
         f.poll(&mut Context::from_waker(waker))
+    }
+
+    fn delta(text: &str, offset: u64) -> OutFrame {
+        OutFrame::Delta(Box::new(Delta {
+            format: Format::V1,
+            topic: TopicKey::new("chat:1", false).unwrap(),
+            text: text.into(),
+            cursor: Some(Cursor::new("e".into(), offset)),
+            encoded: Some(Bytes::from_static(b"pre-encoded")),
+            binary: false,
+        }))
+    }
+
+    #[test]
+    fn consecutive_deltas_of_a_topic_merge_into_one_frame() {
+        let o = Outbox::new(OutboxLimits {
+            max_frames: 3,
+            max_bytes: 1 << 20,
+        });
+        for (i, t) in ["Hel", "lo, ", "world"].iter().enumerate() {
+            assert_eq!(o.push(delta(t, i as u64 + 1)), Pushed::Queued);
+        }
+        o.push(text("other"));
+        o.push(delta("!", 4));
+        let mut got = Vec::new();
+        assert_eq!(o.drain(&mut got), None);
+        assert_eq!(
+            got.len(),
+            3,
+            "three deltas became one frame; the fourth follows another frame"
+        );
+        let (bytes, binary) = got.remove(0).into_wire();
+        assert!(!binary);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["payload"]["payload"]["text"], "Hello, world");
+        assert_eq!(v["payload"]["meta"]["cursor"], "e:3");
+        // An unmerged delta is written with the shared pre-encoded bytes.
+        assert_eq!(
+            got.pop().unwrap().into_wire().0,
+            Bytes::from_static(b"pre-encoded")
+        );
+    }
+
+    #[test]
+    fn merging_still_respects_the_byte_bound() {
+        let o = Outbox::new(OutboxLimits {
+            max_frames: 10,
+            max_bytes: 70,
+        });
+        assert_eq!(o.push(delta("abc", 1)), Pushed::Queued);
+        assert_eq!(o.push(delta(&"x".repeat(10), 2)), Pushed::Overflowed);
     }
 
     #[tokio::test]

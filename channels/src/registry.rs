@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::codec::{self, Format, Outbound, Ref};
 use crate::cursor::Cursor;
 use crate::envelope::Envelope;
-use crate::outbox::{OutFrame, Outbox, Pushed};
+use crate::outbox::{Delta, OutFrame, Outbox, Pushed};
 use crate::presence::{Diff, MemberId, PresencePayload, PresenceState, RefGen};
 use crate::topic::TopicKey;
 
@@ -400,6 +400,7 @@ impl Registry {
         let mut st = lock(&entry.state);
         let mut enc = Encoded::new(env, false);
         let pending_limit = self.pending_limit;
+        let delta = crate::chat::token_text(env);
         // Counted locally and added once: one shared atomic per member would bounce its cache
         // line between cores on every delivery.
         let (mut queued, mut overflowed) = (0u64, 0u64);
@@ -427,6 +428,21 @@ impl Registry {
                 continue;
             }
             if let Some(frame) = enc.frame(m.format) {
+                // Chat token deltas stay mergeable in the outbox (see `OutFrame::Delta`).
+                let frame = match &delta {
+                    Some(text) => {
+                        let (encoded, binary) = frame.into_wire();
+                        OutFrame::Delta(Box::new(Delta {
+                            format: m.format,
+                            topic: env.topic.clone(),
+                            text: text.clone(),
+                            cursor: env.cursor.clone(),
+                            encoded: Some(encoded),
+                            binary,
+                        }))
+                    }
+                    None => frame,
+                };
                 match m.outbox.push(frame) {
                     Pushed::Queued => queued += 1,
                     Pushed::Overflowed => overflowed += 1,
@@ -604,7 +620,7 @@ mod tests {
             .iter()
             .filter_map(|f| match f {
                 OutFrame::Text(b) => serde_json::from_slice::<serde_json::Value>(b).ok(),
-                OutFrame::Binary(_) => None,
+                OutFrame::Binary(_) | OutFrame::Delta(_) => None,
             })
             .filter(|v| v["event"] == "broadcast")
             .map(|v| v["payload"]["payload"].as_u64().unwrap())
@@ -715,7 +731,7 @@ mod tests {
             .iter()
             .filter_map(|f| match f {
                 OutFrame::Text(b) => serde_json::from_slice::<serde_json::Value>(b).ok(),
-                OutFrame::Binary(_) => None,
+                OutFrame::Binary(_) | OutFrame::Delta(_) => None,
             })
             .filter(|v| v[3].as_str().is_some_and(|e| e.starts_with("presence")))
             .collect()

@@ -124,8 +124,32 @@ fn instant_of(exp: u64) -> Instant {
 /// What a resume or replay asks for.
 #[derive(Debug)]
 enum CatchUp {
-    Resume { since: Since, limit: usize },
-    Replay { since_ms: u64, limit: usize },
+    Resume {
+        since: Since,
+        limit: usize,
+    },
+    Replay {
+        since_ms: u64,
+        limit: usize,
+    },
+    /// Chat streams: one `snapshot` of the text so far instead of every delta.
+    Snapshot,
+}
+
+/// Chat streams catch up with a snapshot when the reader has no cursor to resume from (a plain
+/// join, or `since: "0"`); with a cursor they replay the deltas it missed.
+fn chat_catch_up(key: &TopicKey, catch_up: Option<CatchUp>) -> Option<CatchUp> {
+    if !crate::chat::is_chat(key) {
+        return catch_up;
+    }
+    match catch_up {
+        None
+        | Some(CatchUp::Resume {
+            since: Since::Beginning,
+            ..
+        }) => Some(CatchUp::Snapshot),
+        other => other,
+    }
 }
 
 impl Session {
@@ -320,7 +344,7 @@ impl Session {
         }
         let broadcast = config.get("broadcast");
         let catch_up = match parse_catch_up(broadcast, &self.node.config) {
-            Ok(c) => c,
+            Ok(c) => chat_catch_up(&key, c),
             Err(reason) => return self.join_error(&m, &reason),
         };
         let replacing = self.find(&m.topic).is_some();
@@ -464,6 +488,7 @@ impl Session {
         };
         let limit = self.node.config.resume_limit;
         let catch_up = since.map(|since| CatchUp::Resume { since, limit });
+        let catch_up = chat_catch_up(&channel.key, catch_up);
         self.enter(channel, member, first, catch_up).await;
         Ok(())
     }
@@ -491,7 +516,7 @@ impl Session {
         let Some(ch) = self.find(&m.topic).map(|i| &self.channels[i]) else {
             return;
         };
-        let (key, ack, principal) = (ch.key.clone(), ch.ack, ch.principal.clone());
+        let (key, ack, principal, token) = (ch.key.clone(), ch.ack, ch.principal.clone(), ch.token);
         let (event, payload) = match extract_broadcast(&m.body) {
             Ok(x) => x,
             Err(reason) => return self.reply_reason(&m, reason),
@@ -503,14 +528,39 @@ impl Session {
             // The ack error realtime-js resolves as 'error' (PROTOCOL §3.2).
             return self.reply(&m, "error", r#"{"error":"payload_size_exceeded"}"#);
         }
-        if let Err(denied) = self
-            .node
-            .kinds
-            .authorize(&principal, &key, Access::Write)
-            .await
-        {
-            return self.reply_reason(&m, &denied.0);
-        }
+        let payload = if crate::chat::is_chat(&key) && event == "input" && !principal.is_service() {
+            // User input to a chat's backend worker: any reader may send it, within the
+            // per-user limit; the worker learns who sent it.
+            let user = principal
+                .sub
+                .clone()
+                .unwrap_or_else(|| format!("token:{token:016x}"));
+            if let Err(wait) = self.node.chat_inputs.check(&user) {
+                let reason = format!(
+                    "RateLimitExceeded: Too many chat messages (limit {}); retry in {} s",
+                    self.node.chat_inputs.describe(),
+                    wait.as_secs().max(1)
+                );
+                return self.reply_reason(&m, &reason);
+            }
+            match crate::chat::input_payload(&payload, &user) {
+                Some(p) => p,
+                None => {
+                    return self
+                        .reply_reason(&m, "InvalidBroadcast: chat input must be a JSON object");
+                }
+            }
+        } else {
+            if let Err(denied) = self
+                .node
+                .kinds
+                .authorize(&principal, &key, Access::Write)
+                .await
+            {
+                return self.reply_reason(&m, &denied.0);
+            }
+            payload
+        };
         let publication = Publication {
             topic: key.clone(),
             event: event.into(),
@@ -736,6 +786,7 @@ impl CatchUpJob {
         let after = match c {
             CatchUp::Replay { since_ms, limit } => self.replay(since_ms, limit).await,
             CatchUp::Resume { since, limit } => self.resume(since, limit).await,
+            CatchUp::Snapshot => self.snapshot().await,
         };
         let Ok(after) = after else {
             return; // no longer catching up (left, replaced, or the connection closed)
@@ -745,6 +796,26 @@ impl CatchUpJob {
             .node
             .registry
             .finish_catch_up(&self.key, self.conn, &[], after.as_ref());
+    }
+
+    /// Folds the whole retained stream into one `snapshot` event (chat).
+    async fn snapshot(&self) -> Result<Option<Cursor>, NotMember> {
+        let snap = match crate::chat::snapshot_of(self.node.broker.as_ref(), &self.key).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(topic = %self.key, error = %e, "history read failed");
+                self.system("History not recovered: history is unavailable");
+                return Ok(None);
+            }
+        };
+        if snap.is_empty() {
+            return Ok(None);
+        }
+        let env = snap.envelope(&self.key);
+        self.node
+            .registry
+            .catch_up_push(&self.key, self.conn, std::slice::from_ref(&env))?;
+        Ok(snap.cursor)
     }
 
     async fn replay(&self, since_ms: u64, limit: usize) -> Result<Option<Cursor>, NotMember> {
@@ -779,6 +850,10 @@ impl CatchUpJob {
                     break;
                 }
             };
+            if !page.contiguous && crate::chat::is_chat(&self.key) {
+                // A chat reader whose cursor is gone gets the text so far instead.
+                return self.snapshot().await;
+            }
             if !page.contiguous && !told {
                 told = true;
                 self.system(&format!(

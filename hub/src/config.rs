@@ -48,6 +48,10 @@ pub struct Config {
     #[arg(long, env = "HUB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Chat `input` messages one user may send per hour (0: no limit).
+    #[arg(long, env = "HUB_CHAT_INPUT_PER_HOUR", default_value_t = 100)]
+    pub chat_input_per_hour: u32,
+
     /// Send an SSE stream a heartbeat comment this often.
     #[arg(long, env = "HUB_SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_heartbeat: Duration,
@@ -151,6 +155,7 @@ impl Config {
             max_channels: self.max_channels,
             max_payload_bytes: self.max_payload_bytes,
             join_error_delay: self.join_error_delay,
+            chat_input_per_hour: self.chat_input_per_hour,
             outbox: OutboxLimits {
                 max_frames: self.outbox_messages,
                 max_bytes: self.outbox_bytes,

@@ -131,7 +131,9 @@ impl Backends {
             MemoryBroker::new(registry.clone(), store.history_size)
                 .with_kind_capacity("build", MEMORY_BUILD_HISTORY),
         );
-        let broker: Arc<dyn Broker> = memory.clone();
+        // Through the router even with one broker: it is where chat streams get their full
+        // text on `done`.
+        let broker: Arc<dyn Broker> = Arc::new(KindRouter::new(memory.clone()));
         let sessions: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::new(broker.clone()));
         let kinds = Kinds::default().with(
             "build",

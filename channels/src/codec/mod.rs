@@ -259,6 +259,17 @@ pub fn encode_broadcast(
     }
 }
 
+/// Encodes a chat `token` event carrying `text` (a delta, or several merged).
+pub fn encode_delta(
+    format: Format,
+    topic: &crate::topic::TopicKey,
+    text: &str,
+    cursor: Option<&Cursor>,
+) -> Option<OutFrame> {
+    let payload = Payload::Json(Bytes::from(format!(r#"{{"text":{}}}"#, json_string(text))));
+    encode_broadcast(format, &topic.wire(), "token", &payload, cursor, false)
+}
+
 /// The broadcast payload object `{"type":"broadcast","event":…,"payload":…,"meta":…}`.
 fn broadcast_object(event: &str, json: &[u8], meta: &str) -> String {
     // The payload is validated JSON text (see `Payload::Json`), so it is valid UTF-8.

@@ -5,6 +5,7 @@
 //! terminals), so authorisation lives in one place per kind.
 
 mod build;
+mod chat;
 mod room;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use build::BuildKind;
+pub use chat::ChatKind;
 pub use room::RoomKind;
 
 use crate::auth::Principal;
@@ -71,8 +73,10 @@ pub struct Kinds {
 
 impl Default for Kinds {
     fn default() -> Self {
+        let mut by_prefix: HashMap<String, Arc<dyn ChannelKind>> = HashMap::new();
+        by_prefix.insert(crate::chat::KIND.to_owned(), Arc::new(ChatKind));
         Self {
-            by_prefix: HashMap::new(),
+            by_prefix,
             default: Arc::new(RoomKind),
         }
     }

@@ -50,20 +50,13 @@ thread_local! {
 fn encode_frames(out: &mut Vec<u8>, frames: &mut Vec<OutFrame>, wire: Wire) {
     let total: usize = frames.iter().map(|f| f.len() + 10).sum();
     out.reserve(total);
-    if wire == Wire::EventStream {
-        for f in frames.drain(..) {
-            let (OutFrame::Text(b) | OutFrame::Binary(b)) = &f;
-            out.extend_from_slice(b);
-        }
-        return;
-    }
     for f in frames.drain(..) {
-        let (op, bytes) = match &f {
-            OutFrame::Text(b) => (Opcode::Text, b),
-            OutFrame::Binary(b) => (Opcode::Binary, b),
-        };
-        ws_frame::write_header(out, op, bytes.len(), None);
-        out.extend_from_slice(bytes);
+        let (bytes, binary) = f.into_wire();
+        if wire == Wire::WebSocket {
+            let op = if binary { Opcode::Binary } else { Opcode::Text };
+            ws_frame::write_header(out, op, bytes.len(), None);
+        }
+        out.extend_from_slice(&bytes);
     }
 }
 

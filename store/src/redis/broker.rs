@@ -284,6 +284,15 @@ impl Broker for RedisBroker {
             .map(|c| format!("{}:{c}", self.shared.node_id))
             .unwrap_or_default();
         let cfg = &self.shared.config;
+        let compact = channels::chat::is_chat(&p.topic)
+            && &*p.event == "done"
+            && channels::chat::compacts(&Envelope {
+                topic: p.topic.clone(),
+                event: p.event.clone(),
+                payload: p.payload.clone(),
+                cursor: None,
+                time_ms: 0,
+            });
         let mut conn = self.shared.conn.clone();
         let (offset, epoch): (u64, String) = self
             .shared
@@ -301,6 +310,7 @@ impl Broker for RedisBroker {
             .arg(Self::new_epoch())
             .arg(cfg.history_size)
             .arg(cfg.history_ttl.as_secs().max(1))
+            .arg(if compact { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

@@ -16,6 +16,8 @@
 -- ARGV[8]  epoch candidate     used only if the topic has no epoch yet
 -- ARGV[9]  max history         entries kept
 -- ARGV[10] ttl seconds         of all three keys, refreshed on every publish
+-- ARGV[11] compact             optional: "1" keeps only this message in the history (a chat
+--                              stream's `done` carrying the whole text)
 --
 -- Returns {offset, epoch}.
 local epoch = redis.call('GET', KEYS[2])
@@ -48,6 +50,9 @@ end
 local max = tonumber(ARGV[9])
 if max > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', max, offset .. '-0', 'e', env)
+end
+if max > 0 and ARGV[11] == '1' then
+  redis.call('XTRIM', KEYS[3], 'MINID', offset .. '-0')
 end
 local ttl = tonumber(ARGV[10])
 redis.call('EXPIRE', KEYS[1], ttl)
