@@ -36,6 +36,9 @@ create table if not exists hub.outbox (
   payload_bytes bytea,
   -- "<node>:<connection>" of a publishing WebSocket client, so that node can honour `self`.
   origin text,
+  -- For topics whose history lives in another broker (chat streams, rooms: memory or Redis),
+  -- the node that claimed the row and re-published it there, exactly once.
+  forwarded_by text,
   created_at timestamptz not null default now()
 );
 

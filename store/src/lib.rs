@@ -186,7 +186,7 @@ impl Backends {
             });
         }
         let mut router = KindRouter::new(fast.clone());
-        let mut postgres = None;
+        let mut feed = None;
         let sessions: Arc<dyn SessionStore> = match &store.database_url {
             Some(url) => {
                 let pool = pg::connect(url, store.pool_size).await?;
@@ -197,21 +197,30 @@ impl Backends {
                     node_id.clone(),
                 ));
                 router = router.route("build", durable);
-                let feed =
+                let mut f =
                     pg::Feed::new(pool.clone(), url.clone(), registry.clone(), epoch, node_id);
-                let stats = feed.stats.clone();
-                let feed_task = tokio::spawn(feed.run());
-                postgres = Some(Postgres {
-                    pool: pool.clone(),
-                    feed: stats,
-                    feed_task: Arc::new(feed_task),
-                    retention: store.outbox_retention,
-                });
+                f.prepare()
+                    .await
+                    .map_err(|e| StoreError::Connect(e.to_string()))?;
+                feed = Some((f, pool.clone()));
                 Arc::new(pg::PgSessionStore::new(pool))
             }
             None => Arc::new(MemorySessionStore::new(fast.clone())),
         };
         let broker: Arc<dyn Broker> = Arc::new(router);
+        // Rows `hub.publish()`ed for topics whose history lives in the fast broker are
+        // re-published through the router, so they get those topics' cursors.
+        let postgres = feed.map(|(f, pool)| {
+            let stats = f.stats.clone();
+            let shared = redis_side.is_some();
+            let task = tokio::spawn(f.forward_to(broker.clone(), shared).run());
+            Postgres {
+                pool,
+                feed: stats,
+                feed_task: Arc::new(task),
+                retention: store.outbox_retention,
+            }
+        });
         let kinds = Kinds::default().with(
             "build",
             Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl)),

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use channels::{Cursor, Envelope, Registry, TopicKey};
+use channels::{Broker, Cursor, Envelope, Registry, TopicKey};
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{PgPool, Row};
 
@@ -68,6 +68,15 @@ pub struct Feed {
     pub stats: Arc<FeedStats>,
     /// Where reading starts; taken before the node serves anyone (see [`Feed::prepare`]).
     start: Option<Position>,
+    /// Topic kinds whose history is this outbox (delivered straight from it, e.g. `build`).
+    /// Rows of every other topic were published with `hub.publish()` for a topic whose history
+    /// lives elsewhere: one node claims each and re-publishes it through `forward_to`, so the
+    /// message gets that topic's cursor.
+    durable_kinds: Vec<String>,
+    forward_to: Option<Arc<dyn Broker>>,
+    /// Whether `forward_to` reaches every node (Redis): then one node claims each row; otherwise
+    /// (a node-local memory broker) every node forwards every row to its own members.
+    claim: bool,
 }
 
 /// The feed's position: everything up to `last` was read, except `gaps`: ids seen missing,
@@ -97,7 +106,18 @@ impl Feed {
             node_id,
             stats: Arc::new(FeedStats::default()),
             start: None,
+            durable_kinds: vec!["build".to_owned()],
+            forward_to: None,
+            claim: false,
         }
+    }
+
+    /// Re-publishes rows of non-durable topics through `broker` (the node's router). With
+    /// `shared` (the broker reaches every node) each row is forwarded by one node only.
+    pub fn forward_to(mut self, broker: Arc<dyn Broker>, shared: bool) -> Self {
+        self.forward_to = Some(broker);
+        self.claim = shared;
+        self
     }
 
     /// Reads the start position now. Called before the node accepts connections: a join that
@@ -254,7 +274,7 @@ impl Feed {
             } else {
                 continue;
             }
-            self.deliver(row)?;
+            self.deliver(row).await?;
         }
         // Gaps whose possible writers have all ended will never fill (see `Position`).
         let before = pos.gaps.len();
@@ -287,13 +307,59 @@ impl Feed {
             .await
     }
 
-    fn deliver(&self, row: &PgRow) -> Result<(), sqlx::Error> {
+    fn is_durable(&self, topic: &TopicKey) -> bool {
+        self.forward_to.is_none()
+            || topic
+                .kind()
+                .is_some_and(|k| self.durable_kinds.iter().any(|d| d == k))
+    }
+
+    /// Claims and re-publishes a row of a topic whose history lives in another broker. The
+    /// claim (an update only one node can win) makes it exactly once across nodes.
+    async fn forward(&self, row: &PgRow, topic: TopicKey) -> Result<(), sqlx::Error> {
+        let Some(broker) = &self.forward_to else {
+            return Ok(());
+        };
+        let id: i64 = row.try_get("id")?;
+        if self.claim {
+            let claimed: Option<i64> = sqlx::query_scalar(
+                "update hub.outbox set forwarded_by = $2 where id = $1 and forwarded_by is null \
+                 returning id",
+            )
+            .bind(id)
+            .bind(&*self.node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if claimed.is_none() {
+                return Ok(()); // another node forwarded it
+            }
+        }
+        let event: String = row.try_get("event")?;
+        let json: Option<String> = row.try_get("payload")?;
+        let bytes: Option<Vec<u8>> = row.try_get("payload_bytes")?;
+        let publication = channels::Publication {
+            topic,
+            event: event.into(),
+            payload: payload_of(json, bytes),
+            origin: None,
+        };
+        if let Err(e) = broker.publish(publication).await {
+            tracing::warn!(id, error = %e, "feed: forwarding an outbox row failed");
+        }
+        self.stats.rows.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn deliver(&self, row: &PgRow) -> Result<(), sqlx::Error> {
         let topic: String = row.try_get("topic")?;
         let private: bool = row.try_get("private")?;
         let Ok(topic) = TopicKey::new(&topic, private) else {
             tracing::warn!(topic, "feed: skipping a row whose topic cannot be joined");
             return Ok(());
         };
+        if !self.is_durable(&topic) {
+            return self.forward(row, topic).await;
+        }
         let seq: i64 = row.try_get("seq")?;
         let event: String = row.try_get("event")?;
         let json: Option<String> = row.try_get("payload")?;
