@@ -44,6 +44,9 @@ create table if not exists hub.outbox (
 
 create index if not exists outbox_topic_seq_idx on hub.outbox (topic, private, seq);
 create index if not exists outbox_created_at_idx on hub.outbox (created_at);
+-- Rows a new forwarding leader still has to forward (see store/src/pg/feed.rs).
+create index if not exists outbox_unforwarded_idx on hub.outbox (id)
+  where forwarded_by is null and topic not like 'build:%';
 
 -- The full form used by the hub itself.
 create or replace function hub.publish_from(

@@ -148,3 +148,135 @@ async fn two_hubs_deliver_each_row_once_and_a_client_resumes_on_the_other() {
         );
     }
 }
+
+/// Reads a chat's token broadcasts up to offset `upto`, checking offsets only increase (a
+/// reader that falls behind gets consecutive tokens merged into one, at the last one's offset),
+/// and returns the text and the last broadcast.
+async fn read_tokens(
+    c: &mut WsClient,
+    topic: &str,
+    upto: u64,
+    what: &str,
+) -> (String, tests::Bcast) {
+    let mut text = String::new();
+    let mut last = 0;
+    loop {
+        let b = c
+            .expect_broadcast(topic, &format!("{what}: up to offset {upto}"))
+            .await;
+        assert!(
+            b.offset() > last,
+            "{what}: offset {} after {last}",
+            b.offset()
+        );
+        last = b.offset();
+        assert_eq!(b.event, "token", "{what}: {b:?}");
+        text.push_str(b.json()["text"].as_str().unwrap_or_default());
+        if last >= upto {
+            assert_eq!(last, upto, "{what}: no message past the last token");
+            return (text, b);
+        }
+    }
+}
+
+/// `hub.publish()` for a chat topic: the chat's history lives in the fast broker, so the feed
+/// re-publishes the row there. Members get it with that broker's cursor (not the database's),
+/// late joiners get the snapshot, and `done` compacts: the SQL path is a full chat publisher.
+#[tokio::test]
+async fn sql_published_chat_tokens_reach_members_with_the_chats_cursors() {
+    let db = TestDb::create().await;
+    let hub = TestHub::spawn_pg(&db.url, |_| {}).await;
+    let chat = format!("chat:{}", uuid::Uuid::new_v4());
+    let topic = format!("realtime:{chat}");
+    let mut reader = WsClient::connect(&hub, Vsn::V2, &service_token()).await;
+    reader.join_ok(&topic, json!({})).await;
+
+    let mut text = String::new();
+    for k in 0..20 {
+        let piece = format!("t{k} ");
+        text.push_str(&piece);
+        sqlx::query("select hub.publish($1, 'token', jsonb_build_object('text', $2::text))")
+            .bind(&chat)
+            .bind(&piece)
+            .execute(&db.pool)
+            .await
+            .expect("hub.publish of a chat token");
+    }
+    let (got, last) = read_tokens(&mut reader, &topic, 20, "SQL-published tokens").await;
+    assert_eq!(got, text, "tokens arrive once each, in order");
+    assert_ne!(
+        last.epoch(),
+        db.epoch().await,
+        "the cursor is the chat broker's, so it resumes against the chat's history"
+    );
+
+    // A late joiner reconstructs the text from one snapshot.
+    let mut late = WsClient::connect(&hub, Vsn::V1, &service_token()).await;
+    late.join_ok(&topic, json!({})).await;
+    let snap = late
+        .expect_broadcast(&topic, "the late joiner's snapshot")
+        .await;
+    assert_eq!(snap.event, "snapshot");
+    assert_eq!(snap.json()["text"], json!(text));
+    assert_eq!(snap.json()["cursor"], json!(last.cursor()));
+
+    // `done` from SQL carries the full text for everyone.
+    sqlx::query("select hub.publish($1, 'done', '{\"usage\": {\"tokens\": 20}}')")
+        .bind(&chat)
+        .execute(&db.pool)
+        .await
+        .expect("hub.publish of done");
+    for c in [&mut reader, &mut late] {
+        let done = c.expect_broadcast(&topic, "the SQL-published done").await;
+        assert_eq!((done.event.as_str(), done.offset()), ("done", 21));
+        assert_eq!(done.json()["text"], json!(text));
+        assert_eq!(done.json()["usage"], json!({"tokens": 20}));
+    }
+}
+
+/// With Redis shared by the nodes, one node (the forwarding leader) publishes each
+/// `hub.publish()`ed chat row through Redis: every member on every node gets the tokens exactly
+/// once and in order (two nodes forwarding would show up as duplicated or interleaved text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_published_chat_tokens_are_forwarded_once_in_order_across_nodes() {
+    let db = TestDb::create().await;
+    let redis = tests::redis_backend::TestRedis::file_db(6);
+    let hub_a = TestHub::spawn_pg(&db.url, |c| c.redis_url = Some(redis.url.clone())).await;
+    let hub_b = TestHub::spawn_pg(&db.url, |c| c.redis_url = Some(redis.url.clone())).await;
+    let chat = format!("chat:{}", uuid::Uuid::new_v4());
+    let topic = format!("realtime:{chat}");
+    let mut on_a = WsClient::connect(&hub_a, Vsn::V2, &service_token()).await;
+    let mut on_b = WsClient::connect(&hub_b, Vsn::V1, &service_token()).await;
+    on_a.join_ok(&topic, json!({})).await;
+    on_b.join_ok(&topic, json!({})).await;
+
+    for k in 0..100 {
+        sqlx::query("select hub.publish($1, 'token', jsonb_build_object('text', $2::text))")
+            .bind(&chat)
+            .bind(format!("{k},"))
+            .execute(&db.pool)
+            .await
+            .expect("hub.publish of a chat token");
+    }
+    sqlx::query("select hub.publish($1, 'done', '{}')")
+        .bind(&chat)
+        .execute(&db.pool)
+        .await
+        .expect("hub.publish of done");
+    let expected: String = (0..100).map(|k| format!("{k},")).collect();
+    for (name, c) in [("A", &mut on_a), ("B", &mut on_b)] {
+        let (text, _) = read_tokens(c, &topic, 100, &format!("forwarded tokens on {name}")).await;
+        assert_eq!(text, expected, "node {name}: every token once, in order");
+        let done = c.expect_broadcast(&topic, &format!("done on {name}")).await;
+        assert_eq!((done.event.as_str(), done.offset()), ("done", 101));
+        assert_eq!(done.json()["text"], json!(expected));
+    }
+    let unclaimed: i64 = sqlx::query_scalar(
+        "select count(*) from hub.outbox where topic = $1 and forwarded_by is null",
+    )
+    .bind(&chat)
+    .fetch_one(&db.pool)
+    .await
+    .expect("count unclaimed rows");
+    assert_eq!(unclaimed, 0, "every row was claimed by the forwarding node");
+}

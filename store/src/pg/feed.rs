@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use channels::{Broker, Cursor, Envelope, Registry, TopicKey};
@@ -40,6 +40,17 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const MAX_GAPS: usize = 100_000;
 /// On start, ids this far below the newest are checked for uncommitted rows.
 const START_LOOKBACK: i64 = 10_000;
+
+/// The topic kind whose history is the outbox itself (its rows are delivered straight from it).
+const DURABLE_KIND: &str = "build";
+
+/// The advisory lock key whose holder forwards `hub.publish()` rows of fast-broker topics when
+/// nodes share Redis (see [`Feed::forward_to`]). Arbitrary, fixed: `'hub.forward'` as digits.
+const FORWARD_LOCK: i64 = 0x0068_7562_2e66_7764;
+
+/// How often a node that is not the forwarding leader tries to become it (so a leader that
+/// died is replaced within about this long).
+const LEAD_RETRY: Duration = Duration::from_secs(1);
 
 /// Counters of the feed (exported as metrics by the hub).
 #[derive(Debug, Default)]
@@ -68,15 +79,16 @@ pub struct Feed {
     pub stats: Arc<FeedStats>,
     /// Where reading starts; taken before the node serves anyone (see [`Feed::prepare`]).
     start: Option<Position>,
-    /// Topic kinds whose history is this outbox (delivered straight from it, e.g. `build`).
-    /// Rows of every other topic were published with `hub.publish()` for a topic whose history
-    /// lives elsewhere: one node claims each and re-publishes it through `forward_to`, so the
-    /// message gets that topic's cursor.
-    durable_kinds: Vec<String>,
+    /// Rows of topics other than [`DURABLE_KIND`] were `hub.publish()`ed for a topic whose
+    /// history lives in the fast broker: they are re-published through it, so the message gets
+    /// that topic's cursor (see [`Feed::forward_to`]).
     forward_to: Option<Arc<dyn Broker>>,
-    /// Whether `forward_to` reaches every node (Redis): then one node claims each row; otherwise
-    /// (a node-local memory broker) every node forwards every row to its own members.
-    claim: bool,
+    /// Whether `forward_to` reaches every node (Redis): then only the forwarding leader
+    /// forwards; otherwise (a node-local memory broker) every node forwards every row to its
+    /// own members.
+    shared: bool,
+    /// Whether this node holds the forwarding lock (only meaningful when `shared`).
+    leading: AtomicBool,
 }
 
 /// The feed's position: everything up to `last` was read, except `gaps`: ids seen missing,
@@ -106,17 +118,24 @@ impl Feed {
             node_id,
             stats: Arc::new(FeedStats::default()),
             start: None,
-            durable_kinds: vec!["build".to_owned()],
             forward_to: None,
-            claim: false,
+            shared: false,
+            leading: AtomicBool::new(false),
         }
     }
 
-    /// Re-publishes rows of non-durable topics through `broker` (the node's router). With
-    /// `shared` (the broker reaches every node) each row is forwarded by one node only.
+    /// Re-publishes rows of topics whose history is not the outbox through `broker` (the
+    /// node's router).
+    ///
+    /// With `shared` (the broker reaches every node: Redis) one node forwards: the holder of a
+    /// session advisory lock on its LISTEN connection. One forwarder keeps a topic's messages
+    /// in outbox order (two nodes forwarding alternate rows would interleave a chat's tokens).
+    /// Each row is also claimed (`forwarded_by`) before it is published, so a leader that lost
+    /// its connection mid-row and the next leader never both publish it; the next leader starts
+    /// by forwarding every unclaimed row, so a leader's crash loses nothing.
     pub fn forward_to(mut self, broker: Arc<dyn Broker>, shared: bool) -> Self {
         self.forward_to = Some(broker);
-        self.claim = shared;
+        self.shared = shared;
         self
     }
 
@@ -157,9 +176,19 @@ impl Feed {
                     continue;
                 }
             };
+            // A new connection holds no lock.
+            self.leading.store(false, Ordering::Relaxed);
+            let mut lead_attempt: Option<tokio::time::Instant> = None;
             // Catch up on everything committed while we were not listening.
             self.read_all(&mut pos).await;
             loop {
+                if self.shared
+                    && !self.leading.load(Ordering::Relaxed)
+                    && lead_attempt.is_none_or(|t| t.elapsed() >= LEAD_RETRY)
+                {
+                    lead_attempt = Some(tokio::time::Instant::now());
+                    self.try_lead(&mut listener, pos.last).await;
+                }
                 let wait = if pos.gaps.is_empty() {
                     IDLE_POLL
                 } else {
@@ -172,6 +201,8 @@ impl Feed {
                     Err(_) => {}
                     // The connection dropped; sqlx reconnects on the next call, and we catch up.
                     Ok(Ok(None)) => {
+                        self.leading.store(false, Ordering::Relaxed);
+                        lead_attempt = None;
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("feed: listener connection lost; reconnecting");
                         self.read_all(&mut pos).await;
@@ -184,6 +215,59 @@ impl Feed {
                     }
                 }
                 self.read_all(&mut pos).await;
+            }
+        }
+    }
+
+    /// Tries to become the forwarding leader; on success forwards every row no node has
+    /// forwarded yet (up to `last`: later rows come through the normal read).
+    async fn try_lead(&self, listener: &mut PgListener, last: i64) {
+        let won: Result<bool, sqlx::Error> = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(FORWARD_LOCK)
+            .fetch_one(&mut *listener)
+            .await;
+        match won {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "feed: trying the forwarding lock failed");
+                return;
+            }
+        }
+        tracing::info!(node = %self.node_id, "feed: this node forwards hub.publish() rows of fast-broker topics");
+        self.leading.store(true, Ordering::Relaxed);
+        let mut after = 0i64;
+        loop {
+            // Matches the partial index `outbox_unforwarded_idx`.
+            let rows = sqlx::query(
+                "select id, topic, private, seq, event, payload::text as payload, payload_bytes,
+                        origin, (extract(epoch from created_at) * 1000)::int8 as ms
+                 from hub.outbox
+                 where forwarded_by is null and topic not like 'build:%' and id > $1 and id <= $2
+                 order by id limit $3",
+            )
+            .bind(after)
+            .bind(last)
+            .bind(BATCH)
+            .fetch_all(&self.pool)
+            .await;
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "feed: reading unforwarded rows failed");
+                    return;
+                }
+            };
+            for row in &rows {
+                if let Ok(id) = row.try_get::<i64, _>("id") {
+                    after = id;
+                }
+                if let Err(e) = self.deliver(row).await {
+                    tracing::warn!(error = %e, "feed: forwarding an unforwarded row failed");
+                }
+            }
+            if rows.len() < BATCH as usize {
+                return;
             }
         }
     }
@@ -308,10 +392,7 @@ impl Feed {
     }
 
     fn is_durable(&self, topic: &TopicKey) -> bool {
-        self.forward_to.is_none()
-            || topic
-                .kind()
-                .is_some_and(|k| self.durable_kinds.iter().any(|d| d == k))
+        self.forward_to.is_none() || topic.kind() == Some(DURABLE_KIND)
     }
 
     /// Claims and re-publishes a row of a topic whose history lives in another broker. The
@@ -320,8 +401,11 @@ impl Feed {
         let Some(broker) = &self.forward_to else {
             return Ok(());
         };
+        if self.shared && !self.leading.load(Ordering::Relaxed) {
+            return Ok(()); // the leader forwards it
+        }
         let id: i64 = row.try_get("id")?;
-        if self.claim {
+        if self.shared {
             let claimed: Option<i64> = sqlx::query_scalar(
                 "update hub.outbox set forwarded_by = $2 where id = $1 and forwarded_by is null \
                  returning id",
