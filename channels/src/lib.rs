@@ -13,7 +13,8 @@
 //! - [`broker`]: the `Broker` trait and the in-memory default.
 //! - [`auth`]: the verified identity and the token-verifier seam; [`kinds`]: who may read, write
 //!   and track presence on each kind of topic.
-//! - [`chat`]: chat streams (snapshots, mergeable deltas, compaction on `done`).
+//! - [`chat`]: chat streams (snapshots, mergeable deltas, compaction on `done`);
+//!   [`terminal`]: terminal scrollback, driver policy and control messages.
 //! - [`sessions`]: build sessions and timelines (seed 004) and their in-memory store.
 //! - [`node`], [`session`]: shared node state and one connection's protocol state machine;
 //!   [`connections`]: every open connection, so the node can close them all.
@@ -39,6 +40,7 @@ pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod sessions;
+pub mod terminal;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topic;
