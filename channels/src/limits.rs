@@ -31,6 +31,15 @@ impl KeyedLimiter {
         }
     }
 
+    /// `amount` per second per key (bursts of up to `amount`); 0 disables the limit.
+    pub fn per_second(amount: u32) -> Self {
+        Self {
+            limiter: NonZeroU32::new(amount).map(|n| RateLimiter::keyed(Quota::per_second(n))),
+            per: "second",
+            amount,
+        }
+    }
+
     /// Takes one unit for `key`; `Err(wait)` when the limit is reached.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else {

@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub outbox: OutboxLimits,
     /// Chat `input` messages one user may send per hour. Default 100 (seed 003).
     pub chat_input_per_hour: u32,
+    /// Terminal scrollback, per-user limit and idle lifetime.
+    pub terminal: crate::terminal::TerminalConfig,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +46,7 @@ impl Default for NodeConfig {
             join_error_delay: Duration::from_secs(1),
             outbox: OutboxLimits::default(),
             chat_input_per_hour: 100,
+            terminal: crate::terminal::TerminalConfig::default(),
         }
     }
 }
@@ -76,6 +79,8 @@ pub struct Node {
     pub connections: Connections,
     /// Chat input per user (`sub`, or the token for users without one).
     pub chat_inputs: crate::limits::KeyedLimiter,
+    /// Terminals relayed by this node.
+    pub terminals: crate::terminal::Terminals,
     next_conn: AtomicU64,
 }
 
@@ -103,6 +108,7 @@ impl Node {
         let chat_inputs = crate::limits::KeyedLimiter::per_hour(config.chat_input_per_hour);
         Arc::new(Self {
             chat_inputs,
+            terminals: crate::terminal::Terminals::new(config.terminal),
             registry,
             broker,
             verifier,

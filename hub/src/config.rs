@@ -52,6 +52,26 @@ pub struct Config {
     #[arg(long, env = "HUB_CHAT_INPUT_PER_HOUR", default_value_t = 100)]
     pub chat_input_per_hour: u32,
 
+    /// Bytes of output each terminal keeps for viewers that (re)connect.
+    #[arg(long, env = "HUB_TERMINAL_SCROLLBACK", default_value_t = 256 * 1024)]
+    pub terminal_scrollback: usize,
+
+    /// Terminals one user may have open at once (seed 003).
+    #[arg(long, env = "HUB_TERMINALS_PER_USER", default_value_t = 5)]
+    pub terminals_per_user: usize,
+
+    /// Free a terminal that has had no host and no viewers for this long.
+    #[arg(long, env = "HUB_TERMINAL_IDLE_FREE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub terminal_idle_free: Duration,
+
+    /// Input frames one terminal viewer may send per second (bursts up to this many).
+    #[arg(long, env = "HUB_TERMINAL_INPUT_PER_SEC", default_value_t = 1000)]
+    pub terminal_input_per_sec: u32,
+
+    /// Largest terminal frame (input, output or control), in bytes.
+    #[arg(long, env = "HUB_TERMINAL_MAX_FRAME", default_value_t = 64 * 1024)]
+    pub terminal_max_frame: usize,
+
     /// Send an SSE stream a heartbeat comment this often.
     #[arg(long, env = "HUB_SSE_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub sse_heartbeat: Duration,
@@ -156,6 +176,11 @@ impl Config {
             max_payload_bytes: self.max_payload_bytes,
             join_error_delay: self.join_error_delay,
             chat_input_per_hour: self.chat_input_per_hour,
+            terminal: channels::terminal::TerminalConfig {
+                scrollback: self.terminal_scrollback,
+                per_user: self.terminals_per_user,
+                idle_free: self.terminal_idle_free,
+            },
             outbox: OutboxLimits {
                 max_frames: self.outbox_messages,
                 max_bytes: self.outbox_bytes,

@@ -12,7 +12,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::api;
 use crate::api::app_error;
 use crate::state::AppState;
-use crate::transport::ws;
+use crate::transport::{terminal, ws};
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -20,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(api::health::health))
         .route("/realtime/v1/websocket", get(ws::upgrade))
         .route("/socket/websocket", get(ws::upgrade))
+        .route("/v1/terminal/{id}", get(terminal::upgrade))
         .route("/realtime/v1/api/broadcast", post(api::broadcast::batch))
         .route("/api/broadcast", post(api::broadcast::batch))
         .route(

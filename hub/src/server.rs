@@ -152,6 +152,10 @@ async fn evict_history(state: AppState) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {
+                let freed = state.node.terminals.sweep(std::time::Instant::now());
+                if freed > 0 {
+                    tracing::debug!(terminals = freed, "freed idle terminals");
+                }
                 let n = memory.evict_idle(ttl);
                 if n > 0 {
                     tracing::debug!(topics = n, "evicted idle topic history");

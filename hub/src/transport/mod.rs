@@ -2,4 +2,5 @@
 
 pub mod conn;
 pub mod sse;
+pub mod terminal;
 pub mod ws;
