@@ -12,7 +12,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::api;
 use crate::api::app_error;
 use crate::state::AppState;
-use crate::transport::{terminal, ws};
+use crate::transport::{sse, terminal, ws};
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -21,6 +21,8 @@ pub fn router(state: AppState) -> Router {
         .route("/realtime/v1/websocket", get(ws::upgrade))
         .route("/socket/websocket", get(ws::upgrade))
         .route("/v1/terminal/{id}", get(terminal::upgrade))
+        // SSE requests on a reused keep-alive connection (first requests never reach hyper).
+        .route("/v1/sse/{*topic}", get(sse::over_http))
         .route("/realtime/v1/api/broadcast", post(api::broadcast::batch))
         .route("/api/broadcast", post(api::broadcast::batch))
         .route(

@@ -97,7 +97,13 @@ pub async fn serve(
 async fn serve_http(tcp: TcpStream, app: axum::Router, state: AppState) {
     // Small frames (heartbeat replies, single broadcasts) must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
-    if is_event_stream(&tcp).await {
+    // A client that connected but has not sent its first request yet must not hold up
+    // shutdown.
+    let stream = tokio::select! {
+        s = is_event_stream(&tcp) => s,
+        _ = state.shutdown.cancelled() => return,
+    };
+    if stream {
         return sse::serve(tcp, state).await;
     }
     let service = TowerToHyperService::new(app);

@@ -25,6 +25,12 @@ use tokio::task::JoinHandle;
 /// Messages kept per build topic by the in-memory default (a build's whole timeline).
 pub const MEMORY_BUILD_HISTORY: usize = 100_000;
 
+/// Messages kept per chat topic by the in-memory default: a chat stream's history is the whole
+/// stream until `done` compacts it to one entry, because the late joiner's `snapshot` and the
+/// full text added to `done` are folded from it. With the general history size (1000 by
+/// default) a longer answer would lose its beginning from both.
+pub const MEMORY_CHAT_HISTORY: usize = 100_000;
+
 /// Why the backends could not start.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -129,7 +135,8 @@ impl Backends {
         let registry = Arc::new(Registry::new(config.outbox.max_frames));
         let memory = Arc::new(
             MemoryBroker::new(registry.clone(), store.history_size)
-                .with_kind_capacity("build", MEMORY_BUILD_HISTORY),
+                .with_kind_capacity("build", MEMORY_BUILD_HISTORY)
+                .with_kind_capacity(channels::chat::KIND, MEMORY_CHAT_HISTORY),
         );
         // Through the router even with one broker: it is where chat streams get their full
         // text on `done`.
@@ -164,7 +171,8 @@ impl Backends {
         let registry = Arc::new(Registry::new(config.outbox.max_frames));
         let memory = Arc::new(
             MemoryBroker::new(registry.clone(), store.history_size)
-                .with_kind_capacity("build", MEMORY_BUILD_HISTORY),
+                .with_kind_capacity("build", MEMORY_BUILD_HISTORY)
+                .with_kind_capacity(channels::chat::KIND, MEMORY_CHAT_HISTORY),
         );
         let mut fast: Arc<dyn Broker> = memory.clone();
         let mut redis_side = None;
@@ -245,5 +253,71 @@ impl Backends {
             pg.feed_task.abort();
             pg.pool.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use channels::auth::{Principal, TokenError};
+    use channels::{Payload, Publication, Since, TopicKey};
+
+    #[derive(Debug)]
+    struct NoTokens;
+
+    impl TokenVerifier for NoTokens {
+        fn verify(&self, _: &str) -> Result<Principal, TokenError> {
+            Err(TokenError::Missing)
+        }
+    }
+
+    fn publication(topic: &TopicKey, event: &str, json: String) -> Publication {
+        Publication {
+            topic: topic.clone(),
+            event: event.into(),
+            payload: Payload::Json(bytes::Bytes::from(json)),
+            origin: None,
+        }
+    }
+
+    /// A chat answer longer than the general history size keeps its whole text: in the late
+    /// joiner's snapshot and in the `done` it compacts to.
+    #[tokio::test]
+    async fn memory_chat_streams_keep_their_whole_text_past_the_history_size() {
+        let store = StoreConfig {
+            history_size: 10,
+            ..StoreConfig::default()
+        };
+        let backends = Backends::memory(NodeConfig::default(), Arc::new(NoTokens), &store);
+        let broker = backends.node.broker.clone();
+        let topic = TopicKey::new("chat:long", false).expect("topic");
+        let mut full = String::new();
+        for k in 0..50 {
+            let text = format!("t{k} ");
+            full.push_str(&text);
+            let json = serde_json::json!({ "text": text }).to_string();
+            broker
+                .publish(publication(&topic, "token", json))
+                .await
+                .expect("publish a token");
+        }
+        let so_far = channels::chat::snapshot_of(broker.as_ref(), &topic)
+            .await
+            .expect("snapshot");
+        assert_eq!(so_far.text, full, "the snapshot folds every token");
+        broker
+            .publish(publication(&topic, "done", "{}".into()))
+            .await
+            .expect("publish done");
+        let page = broker
+            .read(&topic, &Since::Beginning, 100)
+            .await
+            .expect("read the history");
+        assert_eq!(page.messages.len(), 1, "compacted to the done");
+        let Payload::Json(done) = &page.messages[0].payload else {
+            panic!("done is JSON");
+        };
+        let done: serde_json::Value = serde_json::from_slice(done).expect("done JSON");
+        assert_eq!(done["text"], full.as_str(), "done carries the whole text");
     }
 }

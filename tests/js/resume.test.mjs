@@ -118,6 +118,8 @@ describe('resume with the default history size', () => {
         const { publish } = await setup(t, hub, vsn, topic)
         await publish(0, 6)
         const r = await joiner(t, hub, vsn, topic, { resume: { since: '0', limit: 2 } })
+        // The catch-up runs after the join reply; wait for it, so "the newest 2" is of 0..5.
+        await r.got.waitFor((m) => m.payload.i === 5, 'replayed message 5')
         await publish(6, 1)
         await r.got.waitFor((m) => m.payload.i === 6, 'live message 6')
         const replayed = r.got.items.filter((m) => m.payload.i < 6)

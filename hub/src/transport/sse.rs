@@ -190,15 +190,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request>, AppError> {
     let topic = path
         .strip_prefix("/v1/sse/")
         .ok_or_else(|| bad("not an SSE path"))?;
-    let topic = percent_decode(topic).ok_or_else(|| bad("topic is not valid UTF-8"))?;
-    let query = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect();
+    let topic = percent_decode(topic, false).ok_or_else(|| bad("topic is not valid UTF-8"))?;
+    let query = parse_query(query);
     let mut headers = HeaderMap::new();
     for h in parsed.headers.iter() {
         if let (Ok(name), Ok(value)) = (
@@ -215,14 +208,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request>, AppError> {
     }))
 }
 
-/// Decodes `%XX` escapes and `+` (query strings); `None` when the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes, and `+` as a space in query strings (`plus_is_space`; in a path a `+`
+/// is a plus sign); `None` when the result is not UTF-8.
+fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => match b.get(i + 1..i + 3) {
                 Some(&[h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
                     let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
@@ -236,6 +230,106 @@ fn percent_decode(s: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
+}
+
+/// A query string's decoded pairs.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k, true)?, percent_decode(v, true)?))
+        })
+        .collect()
+}
+
+/// The same stream for a request that was not its connection's first (a client reusing a
+/// keep-alive connection, as browsers and `fetch` do): hyper already owns that connection, so
+/// the events go out as a streaming response body instead of on the raw socket. Costs a task
+/// and hyper's buffers per stream; the common case (an `EventSource`'s own connection) takes
+/// the lean path in [`serve`].
+pub async fn over_http(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    uri: http::Uri,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, AppError> {
+    let topic = uri
+        .path()
+        .strip_prefix("/v1/sse/")
+        .and_then(|t| percent_decode(t, false))
+        .ok_or_else(|| AppError::new(ErrorCode::ValidationError, "topic is not valid UTF-8"))?;
+    let req = Request {
+        topic,
+        query: parse_query(uri.query().unwrap_or("")),
+        headers,
+    };
+    let (session, outbox) = admit(&state, &req).await?;
+    // Bounded: the pump waits while hyper has not taken the previous chunks (the outbox
+    // behind it is the real bound, with its slow-reader rule).
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+    state
+        .tasks
+        .spawn(pump(session, outbox, tx, state.config.sse_heartbeat));
+    let body = axum::body::Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    }));
+    let mut resp = axum::response::Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// Moves a session's outbox into a response body until the client goes away, the session ends
+/// (token expiry, shutdown, slow reader) or its topic closes.
+async fn pump(
+    mut session: Session,
+    outbox: Outbox,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    heartbeat: Duration,
+) {
+    let mut frames = Vec::new();
+    let mut beat = tokio::time::Instant::now() + heartbeat;
+    'run: loop {
+        let timer = session.next_deadline().map_or(beat, |d| d.min(beat));
+        tokio::select! {
+            () = std::future::poll_fn(|cx| outbox.poll_ready(cx)) => {
+                let closed = outbox.drain(&mut frames);
+                for f in frames.drain(..) {
+                    if tx.send(f.into_wire().0).await.is_err() {
+                        break 'run;
+                    }
+                }
+                if closed.is_some() {
+                    break;
+                }
+            }
+            () = tokio::time::sleep_until(timer) => {
+                if tokio::time::Instant::now() >= beat {
+                    beat = tokio::time::Instant::now() + heartbeat;
+                    if tx.send(bytes::Bytes::from_static(sse::HEARTBEAT)).await.is_err() {
+                        break;
+                    }
+                }
+                Box::pin(session.on_timer()).await;
+                if session.channel_count() == 0 {
+                    break;
+                }
+            }
+            () = tx.closed() => break,
+        }
+    }
+    session.close().await;
 }
 
 /// Answers with the hub's JSON error and closes.
