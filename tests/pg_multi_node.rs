@@ -250,7 +250,9 @@ async fn sql_published_chat_tokens_are_forwarded_once_in_order_across_nodes() {
     on_a.join_ok(&topic, json!({})).await;
     on_b.join_ok(&topic, json!({})).await;
 
-    for k in 0..100 {
+    // More tokens than the general history size (1000): a chat's history keeps the whole
+    // stream, so `done` carries all of it.
+    for k in 0..1200 {
         sqlx::query("select hub.publish($1, 'token', jsonb_build_object('text', $2::text))")
             .bind(&chat)
             .bind(format!("{k},"))
@@ -263,12 +265,12 @@ async fn sql_published_chat_tokens_are_forwarded_once_in_order_across_nodes() {
         .execute(&db.pool)
         .await
         .expect("hub.publish of done");
-    let expected: String = (0..100).map(|k| format!("{k},")).collect();
+    let expected: String = (0..1200).map(|k| format!("{k},")).collect();
     for (name, c) in [("A", &mut on_a), ("B", &mut on_b)] {
-        let (text, _) = read_tokens(c, &topic, 100, &format!("forwarded tokens on {name}")).await;
+        let (text, _) = read_tokens(c, &topic, 1200, &format!("forwarded tokens on {name}")).await;
         assert_eq!(text, expected, "node {name}: every token once, in order");
         let done = c.expect_broadcast(&topic, &format!("done on {name}")).await;
-        assert_eq!((done.event.as_str(), done.offset()), ("done", 101));
+        assert_eq!((done.event.as_str(), done.offset()), ("done", 1201));
         assert_eq!(done.json()["text"], json!(expected));
     }
     let unclaimed: i64 = sqlx::query_scalar(

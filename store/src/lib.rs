@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 /// Messages kept per build topic by the in-memory default (a build's whole timeline).
 pub const MEMORY_BUILD_HISTORY: usize = 100_000;
 
-/// Messages kept per chat topic by the in-memory default: a chat stream's history is the whole
+/// Messages kept per chat topic (by the in-memory default and in Redis): a chat stream's history is the whole
 /// stream until `done` compacts it to one entry, because the late joiner's `snapshot` and the
 /// full text added to `done` are folded from it. With the general history size (1000 by
 /// default) a longer answer would lose its beginning from both.

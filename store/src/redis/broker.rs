@@ -308,7 +308,11 @@ impl Broker for RedisBroker {
             .arg(b64)
             .arg(origin)
             .arg(Self::new_epoch())
-            .arg(cfg.history_size)
+            .arg(if channels::chat::is_chat(&p.topic) {
+                crate::MEMORY_CHAT_HISTORY.max(cfg.history_size)
+            } else {
+                cfg.history_size
+            })
             .arg(cfg.history_ttl.as_secs().max(1))
             .arg(if compact { "1" } else { "0" })
             .invoke_async(&mut conn)
