@@ -80,7 +80,7 @@ pub struct Node {
     /// Chat input per user (`sub`, or the token for users without one).
     pub chat_inputs: crate::limits::KeyedLimiter,
     /// Terminals relayed by this node.
-    pub terminals: crate::terminal::Terminals,
+    pub terminals: Arc<crate::terminal::Terminals>,
     next_conn: AtomicU64,
 }
 
@@ -108,7 +108,14 @@ impl Node {
         let chat_inputs = crate::limits::KeyedLimiter::per_hour(config.chat_input_per_hour);
         Arc::new(Self {
             chat_inputs,
-            terminals: crate::terminal::Terminals::new(config.terminal),
+            terminals: {
+                let t = Arc::new(crate::terminal::Terminals::new(
+                    config.terminal,
+                    Arc::downgrade(&registry),
+                ));
+                registry.set_terminals(t.clone());
+                t
+            },
             registry,
             broker,
             verifier,

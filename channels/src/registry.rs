@@ -89,6 +89,9 @@ pub struct Registry {
     pub stats: RegistryStats,
     /// Bound on a joining member's pending buffer (the outbox frame limit).
     pending_limit: usize,
+    /// Where messages of terminal relay topics go (they have no members: see
+    /// [`crate::terminal::registry`]).
+    terminals: std::sync::OnceLock<Arc<crate::terminal::Terminals>>,
 }
 
 /// What a join changed.
@@ -224,6 +227,7 @@ impl Registry {
             refs: RefGen::default(),
             stats: RegistryStats::default(),
             pending_limit,
+            terminals: std::sync::OnceLock::new(),
         }
     }
 
@@ -394,6 +398,12 @@ impl Registry {
     /// Delivers a published message to every local member, except `origin` unless that member
     /// asked for its own broadcasts. Members catching up buffer it instead.
     pub fn deliver(&self, env: &Arc<Envelope>, origin: Option<ConnId>) {
+        if env.topic.is_private()
+            && env.topic.kind() == Some(crate::terminal::KIND)
+            && let Some(t) = self.terminals.get()
+        {
+            return t.apply(env);
+        }
         let Some(entry) = self.topic(&env.topic) else {
             return;
         };
@@ -497,6 +507,11 @@ impl Registry {
             self.fan_out_diff(topic, &st, &diff);
         }
         Ok(had)
+    }
+
+    /// Routes terminal relay topics to `terminals` (set once, by the node).
+    pub fn set_terminals(&self, terminals: Arc<crate::terminal::Terminals>) {
+        let _ = self.terminals.set(terminals);
     }
 
     /// Tracks presence for a member that is not a connection of this node: a server-side actor

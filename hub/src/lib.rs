@@ -9,7 +9,8 @@
 //!   [`transport`]: WebSocket transport.
 //! - [`auth`]: JWT verification, development and share tokens.
 //! - [`simulate`]: the simulated build orchestrator.
-//! - [`cli`]: the subcommands (`hub`, `hub simulate-build`, `hub token`).
+//! - [`cli`]: the subcommands (`hub`, `hub simulate-build`, `hub token`, `hub terminal-agent`).
+//! - [`terminal_agent`]: the PTY host behind `hub terminal-agent`.
 
 pub mod api;
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod routes;
 pub mod server;
 pub mod simulate;
 pub mod state;
+pub mod terminal_agent;
 pub mod transport;
 
 pub use config::Config;

@@ -51,6 +51,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let app = router(state.clone());
     let evictor = state.tasks.spawn(evict_history(state.clone()));
+    let terminal_relay = tokio::spawn(crate::transport::terminal::run_relay(state.node.clone()));
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -90,6 +91,7 @@ pub async fn serve(
         );
     }
     evictor.abort();
+    terminal_relay.abort();
     state.backends.close().await;
     Ok(())
 }

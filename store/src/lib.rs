@@ -142,9 +142,11 @@ impl Backends {
         // text on `done`.
         let broker: Arc<dyn Broker> = Arc::new(KindRouter::new(memory.clone()));
         let sessions: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::new(broker.clone()));
-        let kinds = Kinds::default().with(
-            "build",
-            Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl)),
+        let build: Arc<dyn channels::kinds::ChannelKind> =
+            Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl));
+        let kinds = Kinds::default().with("build", build.clone()).with(
+            channels::terminal::KIND,
+            Arc::new(channels::kinds::TerminalKind::new(build)),
         );
         let node = Node::new(config, verifier, registry, broker, kinds);
         Self {
@@ -229,9 +231,11 @@ impl Backends {
                 retention: store.outbox_retention,
             }
         });
-        let kinds = Kinds::default().with(
-            "build",
-            Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl)),
+        let build: Arc<dyn channels::kinds::ChannelKind> =
+            Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl));
+        let kinds = Kinds::default().with("build", build.clone()).with(
+            channels::terminal::KIND,
+            Arc::new(channels::kinds::TerminalKind::new(build)),
         );
         let node = Node::new(config, verifier, registry, broker, kinds);
         Ok(Self {

@@ -7,6 +7,7 @@
 mod build;
 mod chat;
 mod room;
+mod terminal;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 pub use build::BuildKind;
 pub use chat::ChatKind;
 pub use room::RoomKind;
+pub use terminal::TerminalKind;
 
 use crate::auth::Principal;
 use crate::topic::TopicKey;

@@ -1,34 +1,55 @@
-//! Every terminal this node relays: its host connection, its viewers, its scrollback and driver.
+//! Every terminal this node relays, and how nodes relay one terminal between them.
 //!
-//! A terminal exists while it has a host or viewers, and for [`TerminalConfig::idle_free`]
-//! after the last of them left (so a host or a viewer that reconnects finds its scrollback);
-//! [`Terminals::sweep`] frees it after that.
+//! Host and viewers of one terminal may sit on different nodes. They meet on the terminal's
+//! *relay topic* (the private topic `terminal:<id>`, never readable by browsers: it carries
+//! keystrokes) through the node's broker: memory on one node, Redis across nodes, which orders
+//! the topic's messages and fills gaps. Every node that has a connection of the terminal
+//! subscribes to it and applies its messages ([`Terminals::apply`], called by the registry for
+//! relay topics):
 //!
-//! Every operation takes the terminal's lock briefly and never awaits: output is appended to the
-//! scrollback and pushed to every viewer's outbox under the same lock as a viewer's catch-up, so
-//! a viewer gets each byte once, in order (the catch-up ends exactly where the live tail
-//! starts). Outboxes are bounded: a viewer that falls behind is closed as slow and reconnects
-//! with its cursor (getting the held window: the "snapshot + live tail" of DESIGN §3); the host
-//! is closed the same way if it stops reading input.
+//! - `o` (binary: 8-byte start offset, then bytes): output, numbered by the host's node. Every
+//!   node keeps the scrollback window from it and sends new bytes to its viewers.
+//! - `i` (binary: 2-byte header length, JSON header `{r, s, d}`, then bytes): input from viewer
+//!   `r` (user `s`, allowed to drive `d`).
+//! - `ask` (`{r, s, d, ask, cols?, rows?}`): `take_control`, `release`, `resize`, `left`.
+//! - `ctl` (`{driver, r}`), `size` (`{cols, rows, from}`), `host` (`{present, r}`),
+//!   `refused` (`{r, message}`), `hello`.
+//!
+//! The node holding the host connection is the terminal's *authority*: it alone decides input
+//! and control (the one-driver policy of [`super::control`]) and announces the outcome (`ctl`,
+//! `refused`), so every node agrees on who drives without any shared lock. A node that starts
+//! relaying a terminal reads the relay topic's history first (the scrollback survives a viewer
+//! moving to another node) and says `hello`, to which the authority answers with the current
+//! host, driver and size.
+//!
+//! Every method takes one terminal's lock briefly and never awaits; what must be published is
+//! returned as [`Relay`] messages for the caller (a connection task, or the node's relay task
+//! for messages produced while applying). Output is appended to the scrollback and queued to
+//! viewers under the same lock as a viewer's catch-up, so a viewer gets each byte once, in
+//! order. Outboxes are bounded: a viewer that falls behind is closed as slow and reconnects with
+//! its cursor (the "snapshot + live tail" of DESIGN §3).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value, json};
 
 use super::control::{Ask, Control, Decision};
 use super::scrollback::Scrollback;
 use super::wire::ServerMsg;
+use crate::envelope::{Envelope, Payload};
 use crate::outbox::{CloseReason, OutFrame, Outbox};
-use crate::registry::ConnId;
+use crate::registry::{ConnId, Registry};
+use crate::topic::TopicKey;
 
 /// Limits and sizes.
 #[derive(Debug, Clone, Copy)]
 pub struct TerminalConfig {
     /// Bytes of output kept per terminal. Default 256 KiB.
     pub scrollback: usize,
-    /// Terminals one user may view at once. Default 5 (seed 003).
+    /// Terminals one user may view at once on this node. Default 5 (seed 003).
     pub per_user: usize,
     /// A terminal without host and viewers is freed after this long. Default 5 min.
     pub idle_free: Duration,
@@ -64,6 +85,53 @@ pub const NO_HOST: &str =
 /// Initial terminal size.
 const DEFAULT_SIZE: (u16, u16) = (80, 24);
 
+/// A message to publish on a terminal's relay topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// The terminal.
+    pub id: String,
+    /// Event name (see the module doc).
+    pub event: &'static str,
+    /// Payload.
+    pub payload: Payload,
+}
+
+impl Relay {
+    fn json(id: &str, event: &'static str, v: Value) -> Self {
+        Self {
+            id: id.to_owned(),
+            event,
+            payload: Payload::Json(Bytes::from(v.to_string())),
+        }
+    }
+
+    /// The publication for the broker.
+    pub fn publication(self) -> crate::broker::Publication {
+        crate::broker::Publication {
+            topic: relay_topic(&self.id),
+            event: self.event.into(),
+            payload: self.payload,
+            origin: None,
+        }
+    }
+}
+
+/// The private topic a terminal's nodes relay on.
+pub fn relay_topic(id: &str) -> TopicKey {
+    TopicKey::new(&format!("terminal:{id}"), true)
+        .unwrap_or_else(|_| TopicKey::new("terminal:invalid", true).expect("a valid topic name"))
+}
+
+/// The public topic whose presence lists a terminal's host, viewers and driver.
+pub fn presence_topic(id: &str) -> Option<TopicKey> {
+    TopicKey::new(&format!("terminal:{id}"), false).ok()
+}
+
+/// The terminal id of a relay topic.
+fn id_of(topic: &TopicKey) -> Option<&str> {
+    topic.name().strip_prefix("terminal:")
+}
+
 struct Viewer {
     conn: ConnId,
     sub: String,
@@ -71,13 +139,37 @@ struct Viewer {
     outbox: Outbox,
 }
 
+/// Authority state: only on the node holding the host connection.
+struct Authority {
+    conn: ConnId,
+    outbox: Outbox,
+    /// Offset of the host's next output byte.
+    next_out: u64,
+    control: Control<String>,
+    /// Viewer ref → user, for announcing the driver.
+    subs: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Load {
+    /// Relay messages that arrived while the history was being read.
+    pending: Vec<Arc<Envelope>>,
+}
+
 struct Term {
     scrollback: Scrollback,
-    control: Control<ConnId>,
-    host: Option<(ConnId, Outbox)>,
-    viewers: Vec<Viewer>,
+    authority: Option<Authority>,
+    /// What every node knows (from `host`, `ctl`, `size`).
+    host: Option<String>,
+    driver: Option<(String, String)>,
     size: (u16, u16),
-    /// Since when nobody is attached (for `sweep`).
+    viewers: Vec<Viewer>,
+    /// Local connections (host and viewers); the relay topic is subscribed while > 0.
+    local: usize,
+    /// `Some` while the history is being read; messages wait in it.
+    loading: Option<Load>,
+    /// Whether this node's view is current (history read, subscribed).
+    loaded: bool,
     empty_since: Option<Instant>,
 }
 
@@ -85,65 +177,69 @@ impl Term {
     fn new(capacity: usize) -> Self {
         Self {
             scrollback: Scrollback::new(capacity),
-            control: Control::default(),
+            authority: None,
             host: None,
-            viewers: Vec::new(),
+            driver: None,
             size: DEFAULT_SIZE,
+            viewers: Vec::new(),
+            local: 0,
+            loading: None,
+            loaded: false,
             empty_since: None,
         }
     }
 
-    fn driver_sub(&self) -> Option<String> {
-        let d = self.control.driver()?;
-        self.viewers
-            .iter()
-            .find(|v| v.conn == *d)
-            .map(|v| v.sub.clone())
-    }
-
-    fn to_viewers(&self, msg: &ServerMsg) {
+    fn to_viewers(&self, msg: &ServerMsg, except: Option<ConnId>) {
         let frame = OutFrame::Text(Bytes::from(msg.to_text()));
-        for v in &self.viewers {
+        for v in self.viewers.iter().filter(|v| Some(v.conn) != except) {
             v.outbox.push(frame.clone());
         }
     }
 
     fn to_host(&self, frame: OutFrame) {
-        if let Some((_, outbox)) = &self.host {
-            outbox.push(frame);
+        if let Some(a) = &self.authority {
+            a.outbox.push(frame);
         }
     }
 
-    fn announce_driver(&self) {
-        self.to_viewers(&ServerMsg::Control {
-            driver: self.driver_sub(),
-        });
-        self.to_host(OutFrame::Text(Bytes::from(
-            ServerMsg::Control {
-                driver: self.driver_sub(),
-            }
-            .to_text(),
-        )));
-    }
-
     fn touch(&mut self) {
-        self.empty_since = (self.host.is_none() && self.viewers.is_empty()).then(Instant::now);
+        self.empty_since = (self.local == 0).then(Instant::now);
     }
 }
 
 /// The terminals of this node.
-#[derive(Default)]
 pub struct Terminals {
     config: TerminalConfig,
+    /// This node's name in viewer refs (`<node>/<conn>`).
+    node: String,
     map: Mutex<HashMap<String, Arc<Mutex<Term>>>>,
     /// Per user: terminal id → viewer connections of that user on it.
     users: Mutex<HashMap<String, HashMap<String, usize>>>,
+    /// For presence of terminal connections on the public topic.
+    registry: Weak<Registry>,
+    /// Messages produced while applying relay messages, for the node's relay task (bounded:
+    /// control messages are few and small; when full, the newest is dropped and logged).
+    jobs: tokio::sync::mpsc::Sender<Job>,
+    job_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Job>>>,
 }
+
+/// Work for the node's relay task.
+#[derive(Debug)]
+pub enum Job {
+    /// Publish on a relay topic.
+    Relay(Relay),
+    /// Share a terminal connection's presence with other nodes.
+    Track(TopicKey, ConnId, String, crate::presence::PresencePayload),
+}
+
+/// Capacity of the relay task's queue.
+const JOBS: usize = 4096;
 
 impl std::fmt::Debug for Terminals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Terminals")
             .field("config", &self.config)
+            .field("node", &self.node)
             .field("terminals", &self.len())
             .finish()
     }
@@ -154,12 +250,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn parse_json(env: &Envelope) -> Map<String, Value> {
+    match &env.payload {
+        Payload::Json(b) => serde_json::from_slice(b).unwrap_or_default(),
+        Payload::Binary(_) => Map::new(),
+    }
+}
+
+fn str_of<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    m.get(k).and_then(Value::as_str)
+}
+
+fn dim(m: &Map<String, Value>, k: &str) -> u16 {
+    m.get(k)
+        .and_then(Value::as_u64)
+        .map_or(0, |v| v.min(u64::from(super::wire::MAX_DIM)) as u16)
+}
+
 impl Terminals {
-    /// Terminals with `config`.
-    pub fn new(config: TerminalConfig) -> Self {
+    /// Terminals with `config`, sharing presence through `registry`.
+    pub fn new(config: TerminalConfig, registry: Weak<Registry>) -> Self {
+        let (jobs, rx) = tokio::sync::mpsc::channel(JOBS);
         Self {
             config,
-            ..Self::default()
+            node: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            map: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
+            registry,
+            jobs,
+            job_rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// The queue of the node's relay task (taken once, by whoever runs that task).
+    pub fn take_jobs(&self) -> Option<tokio::sync::mpsc::Receiver<Job>> {
+        lock(&self.job_rx).take()
+    }
+
+    fn queue(&self, relays: Vec<Relay>) {
+        for r in relays {
+            if self.jobs.try_send(Job::Relay(r)).is_err() {
+                tracing::warn!(
+                    "terminal relay queue full or closed; a control message was dropped"
+                );
+            }
         }
     }
 
@@ -173,6 +307,11 @@ impl Terminals {
         self.len() == 0
     }
 
+    /// The ref of local connection `conn`.
+    pub fn conn_ref(&self, conn: ConnId) -> String {
+        format!("{}/{conn}", self.node)
+    }
+
     fn term(&self, id: &str) -> Arc<Mutex<Term>> {
         lock(&self.map)
             .entry(id.to_owned())
@@ -184,20 +323,92 @@ impl Terminals {
         lock(&self.map).get(id).cloned()
     }
 
-    /// Attaches `conn` as the host of `id`, replacing (and closing) a previous host connection:
-    /// a host that reconnects before its old connection timed out takes over at once. The host
-    /// is sent `connected` with the current size; viewers are told `host_connected`.
-    pub fn attach_host(&self, id: &str, conn: ConnId, outbox: Outbox) {
+    // -----------------------------------------------------------------------------------------
+    // Local connections
+    // -----------------------------------------------------------------------------------------
+
+    /// A local connection of terminal `id` starts. Returns whether the caller must load the
+    /// relay topic (subscribe, read its history into [`Terminals::load_history`], then
+    /// [`Terminals::finish_load`]) before attaching; `false` when this node's view is current
+    /// or another connection is loading it (then wait for [`Terminals::is_loaded`]).
+    pub fn open(&self, id: &str) -> bool {
         let term = self.term(id);
         let mut t = lock(&term);
-        if let Some((_, old)) = t.host.take() {
-            old.close(CloseReason::Server {
-                code: 4000,
-                reason: "replaced by a new host connection".into(),
-            });
+        t.local += 1;
+        t.touch();
+        if t.loaded || t.loading.is_some() {
+            return false;
         }
+        t.loading = Some(Load::default());
+        true
+    }
+
+    /// Whether this node's view of `id` is current.
+    pub fn is_loaded(&self, id: &str) -> bool {
+        self.existing(id).is_some_and(|t| lock(&t).loaded)
+    }
+
+    /// Applies relay messages read from history (oldest first) while loading.
+    pub fn load_history(&self, id: &str, messages: &[Arc<Envelope>]) -> Vec<Relay> {
+        let term = self.term(id);
+        let mut t = lock(&term);
+        let mut out = Vec::new();
+        for env in messages {
+            self.apply_locked(id, &mut t, env, &mut out);
+        }
+        out
+    }
+
+    /// Ends loading: applies what arrived meanwhile and says `hello` (the authority answers
+    /// with the current host, driver and size).
+    pub fn finish_load(&self, id: &str) -> Vec<Relay> {
+        let term = self.term(id);
+        let mut t = lock(&term);
+        let mut out = Vec::new();
+        if let Some(load) = t.loading.take() {
+            for env in &load.pending {
+                self.apply_locked(id, &mut t, env, &mut out);
+            }
+        }
+        t.loaded = true;
+        out.push(Relay::json(id, "hello", json!({})));
+        out
+    }
+
+    /// A local connection of `id` ended (after its detach). Returns whether it was the last
+    /// one (the caller unsubscribes; the view goes stale and is reloaded next time).
+    pub fn close(&self, id: &str) -> bool {
+        let Some(term) = self.existing(id) else {
+            return false;
+        };
+        let mut t = lock(&term);
+        t.local = t.local.saturating_sub(1);
+        t.touch();
+        if t.local == 0 {
+            t.loaded = false;
+            t.loading = None;
+            return true;
+        }
+        false
+    }
+
+    /// Attaches `conn` as the host of `id` on this node, replacing (and closing) a previous
+    /// local host connection. The host is sent `connected`; every node is told.
+    pub fn attach_host(&self, id: &str, conn: ConnId, outbox: Outbox) -> Vec<Relay> {
+        let term = self.term(id);
+        let mut t = lock(&term);
+        let (control, subs) = match t.authority.take() {
+            Some(old) => {
+                old.outbox.close(CloseReason::Server {
+                    code: 4000,
+                    reason: "replaced by a new host connection".into(),
+                });
+                (old.control, old.subs)
+            }
+            None => (Control::default(), HashMap::new()),
+        };
         let connected = ServerMsg::Connected {
-            driver: t.driver_sub(),
+            driver: t.driver.as_ref().map(|(_, s)| s.clone()),
             cols: t.size.0,
             rows: t.size.1,
             cursor: t.scrollback.end(),
@@ -205,26 +416,41 @@ impl Terminals {
             host: true,
         };
         outbox.push(OutFrame::Text(Bytes::from(connected.to_text())));
-        t.host = Some((conn, outbox));
-        t.to_viewers(&ServerMsg::HostConnected);
-        t.touch();
+        t.authority = Some(Authority {
+            conn,
+            outbox,
+            next_out: t.scrollback.end(),
+            control,
+            subs,
+        });
+        self.track(id, conn, "host", "host", false);
+        vec![Relay::json(
+            id,
+            "host",
+            json!({"present": true, "r": self.conn_ref(conn)}),
+        )]
     }
 
-    /// Detaches host connection `conn` (if it is still the host); viewers are told.
-    pub fn detach_host(&self, id: &str, conn: ConnId) {
+    /// Detaches host connection `conn` (if it is still the host here).
+    pub fn detach_host(&self, id: &str, conn: ConnId) -> Vec<Relay> {
         let Some(term) = self.existing(id) else {
-            return;
+            return Vec::new();
         };
         let mut t = lock(&term);
-        if t.host.as_ref().is_some_and(|(c, _)| *c == conn) {
-            t.host = None;
-            t.to_viewers(&ServerMsg::HostDisconnected);
-            t.touch();
+        if t.authority.as_ref().is_none_or(|a| a.conn != conn) {
+            return Vec::new();
         }
+        t.authority = None;
+        self.untrack(id, conn);
+        vec![Relay::json(
+            id,
+            "host",
+            json!({"present": false, "r": self.conn_ref(conn)}),
+        )]
     }
 
     /// Attaches a viewer: sends it `connected` and the scrollback after `cursor` (or the held
-    /// window), then live output. Refused past the per-user limit.
+    /// window), then live output. Refused past the per-user limit. Call after loading.
     pub fn attach_viewer(
         &self,
         id: &str,
@@ -246,7 +472,7 @@ impl Terminals {
         let mut t = lock(&term);
         let catch_up = t.scrollback.since(cursor);
         let connected = ServerMsg::Connected {
-            driver: t.driver_sub(),
+            driver: t.driver.as_ref().map(|(_, s)| s.clone()),
             cols: t.size.0,
             rows: t.size.1,
             cursor: catch_up.cursor,
@@ -257,31 +483,35 @@ impl Terminals {
         for chunk in catch_up.chunks {
             outbox.push(OutFrame::Binary(chunk));
         }
+        let drives = t
+            .driver
+            .as_ref()
+            .is_some_and(|(r, _)| *r == self.conn_ref(conn));
         t.viewers.push(Viewer {
             conn,
             sub: sub.to_owned(),
             may_drive,
             outbox,
         });
-        t.touch();
+        drop(t);
+        self.track(id, conn, sub, "viewer", drives);
         Ok(())
     }
 
-    /// Detaches viewer `conn`; a driver that leaves releases (everyone is told).
-    pub fn detach_viewer(&self, id: &str, conn: ConnId) {
+    /// Detaches viewer `conn`; a driver that leaves releases.
+    pub fn detach_viewer(&self, id: &str, conn: ConnId) -> Vec<Relay> {
         let Some(term) = self.existing(id) else {
-            return;
+            return Vec::new();
         };
         let mut t = lock(&term);
         let Some(pos) = t.viewers.iter().position(|v| v.conn == conn) else {
-            return;
+            return Vec::new();
         };
         let viewer = t.viewers.swap_remove(pos);
-        if t.control.left(&conn) {
-            t.announce_driver();
-        }
-        t.touch();
+        let me = self.conn_ref(conn);
+        let drove = t.driver.as_ref().is_some_and(|(r, _)| *r == me);
         drop(t);
+        self.untrack(id, conn);
         let mut users = lock(&self.users);
         if let Some(mine) = users.get_mut(&viewer.sub) {
             if let Some(n) = mine.get_mut(id) {
@@ -294,94 +524,373 @@ impl Terminals {
                 users.remove(&viewer.sub);
             }
         }
+        if drove {
+            vec![Relay::json(id, "ask", json!({"r": me, "ask": "left"}))]
+        } else {
+            Vec::new()
+        }
     }
 
-    /// Output from host connection `conn`: kept in the scrollback and sent to every viewer.
-    /// Ignored when `conn` is no longer the host (a replaced connection's last bytes).
-    pub fn output(&self, id: &str, conn: ConnId, bytes: Bytes) {
-        let Some(term) = self.existing(id) else {
-            return;
-        };
+    /// Output from local host connection `conn`, numbered; `None` when `conn` is no longer the
+    /// host (a replaced connection's last bytes).
+    pub fn host_output(&self, id: &str, conn: ConnId, bytes: &[u8]) -> Option<Relay> {
+        let term = self.existing(id)?;
         let mut t = lock(&term);
-        if t.host.as_ref().is_none_or(|(c, _)| *c != conn) {
-            return;
-        }
-        t.scrollback.push(bytes.clone());
-        let frame = OutFrame::Binary(bytes);
-        for v in &t.viewers {
-            v.outbox.push(frame.clone());
-        }
+        let a = t.authority.as_mut().filter(|a| a.conn == conn)?;
+        let at = a.next_out;
+        a.next_out += bytes.len() as u64;
+        let mut payload = BytesMut::with_capacity(8 + bytes.len());
+        payload.put_u64(at);
+        payload.put_slice(bytes);
+        Some(Relay {
+            id: id.to_owned(),
+            event: "o",
+            payload: Payload::Binary(payload.freeze()),
+        })
     }
 
-    /// Input from viewer `conn`, or the reason it was refused.
-    pub fn input(&self, id: &str, conn: ConnId, bytes: Bytes) -> Result<(), Refusal> {
-        self.ask(id, conn, Ask::Input, Some(OutFrame::Binary(bytes)))
+    /// A resize from the local host (its PTY's size): every node's viewers are told.
+    pub fn host_resize(&self, id: &str, conn: ConnId, cols: u16, rows: u16) -> Option<Relay> {
+        let term = self.existing(id)?;
+        let t = lock(&term);
+        t.authority.as_ref().filter(|a| a.conn == conn)?;
+        Some(Relay::json(
+            id,
+            "size",
+            json!({"cols": cols, "rows": rows, "from": self.conn_ref(conn)}),
+        ))
     }
 
-    /// A viewer's `take_control` or `release`.
-    pub fn control(&self, id: &str, conn: ConnId, ask: Ask) -> Result<(), Refusal> {
-        self.ask(id, conn, ask, None)
+    fn viewer<'a>(&self, t: &'a Term, conn: ConnId) -> Option<&'a Viewer> {
+        t.viewers.iter().find(|v| v.conn == conn)
     }
 
-    fn ask(
+    /// Input from local viewer `conn`: the message for the authority, or a refusal this node
+    /// can already give (no host, not allowed, someone else drives).
+    pub fn viewer_input(&self, id: &str, conn: ConnId, bytes: &[u8]) -> Result<Relay, Refusal> {
+        let term = self.existing(id).ok_or(NO_HOST)?;
+        let t = lock(&term);
+        let header = self.precheck(&t, conn, true)?;
+        let header = Value::Object(header).to_string();
+        let mut payload = BytesMut::with_capacity(2 + header.len() + bytes.len());
+        payload.put_u16(header.len() as u16);
+        payload.put_slice(header.as_bytes());
+        payload.put_slice(bytes);
+        Ok(Relay {
+            id: id.to_owned(),
+            event: "i",
+            payload: Payload::Binary(payload.freeze()),
+        })
+    }
+
+    /// `take_control`, `release` or `resize` from local viewer `conn`.
+    pub fn viewer_ask(
         &self,
         id: &str,
         conn: ConnId,
         ask: Ask,
-        to_host: Option<OutFrame>,
-    ) -> Result<(), Refusal> {
+        size: Option<(u16, u16)>,
+    ) -> Result<Relay, Refusal> {
         let term = self.existing(id).ok_or(NO_HOST)?;
-        let mut t = lock(&term);
-        let may_drive = t
-            .viewers
-            .iter()
-            .find(|v| v.conn == conn)
-            .is_some_and(|v| v.may_drive);
-        if to_host.is_some() && t.host.is_none() {
+        let t = lock(&term);
+        let mut header = self.precheck(&t, conn, ask != Ask::Release)?;
+        let name = match (ask, size) {
+            (_, Some((cols, rows))) => {
+                header.insert("cols".into(), json!(cols));
+                header.insert("rows".into(), json!(rows));
+                "resize"
+            }
+            (Ask::TakeControl, None) => "take_control",
+            (Ask::Release, None) => "release",
+            (Ask::Input, None) => "input",
+        };
+        header.insert("ask".into(), json!(name));
+        Ok(Relay::json(id, "ask", Value::Object(header)))
+    }
+
+    /// The header of a viewer's request, or the refusal this node can give on its own.
+    fn precheck(
+        &self,
+        t: &Term,
+        conn: ConnId,
+        drives: bool,
+    ) -> Result<Map<String, Value>, Refusal> {
+        let v = self
+            .viewer(t, conn)
+            .ok_or("Invalid: not a viewer of this terminal")?;
+        if t.host.is_none() {
             return Err(NO_HOST);
         }
-        match t.control.ask(&conn, may_drive, ask) {
-            Decision::Refused(why) => Err(why),
+        if drives && !v.may_drive {
+            return Err(super::control::NOT_ALLOWED);
+        }
+        let me = self.conn_ref(conn);
+        let mut m = Map::new();
+        m.insert("r".into(), json!(me));
+        m.insert("s".into(), json!(v.sub));
+        m.insert("d".into(), json!(v.may_drive));
+        Ok(m)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Relay messages
+    // -----------------------------------------------------------------------------------------
+
+    /// Applies one relay message (called by the registry for relay topics). What it produces is
+    /// queued for the node's relay task.
+    pub fn apply(&self, env: &Arc<Envelope>) {
+        let Some(id) = id_of(&env.topic) else {
+            return;
+        };
+        let Some(term) = self.existing(id) else {
+            return; // no local connection: nothing to keep
+        };
+        let mut out = Vec::new();
+        {
+            let mut t = lock(&term);
+            if let Some(load) = &mut t.loading {
+                // Bounded by the history page the loader is reading plus live traffic meanwhile;
+                // a loader that never finishes is dropped with its connection (`close`).
+                if load.pending.len() < 100_000 {
+                    load.pending.push(env.clone());
+                }
+                return;
+            }
+            self.apply_locked(id, &mut t, env, &mut out);
+        }
+        self.queue(out);
+    }
+
+    fn apply_locked(&self, id: &str, t: &mut Term, env: &Envelope, out: &mut Vec<Relay>) {
+        match &*env.event {
+            "o" => {
+                let Payload::Binary(b) = &env.payload else {
+                    return;
+                };
+                if b.len() < 8 {
+                    return;
+                }
+                let at = u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8]));
+                if let Some(fresh) = t.scrollback.push_at(at, b.slice(8..)) {
+                    let frame = OutFrame::Binary(fresh);
+                    for v in &t.viewers {
+                        v.outbox.push(frame.clone());
+                    }
+                }
+            }
+            "i" => {
+                let Payload::Binary(b) = &env.payload else {
+                    return;
+                };
+                if t.authority.is_none() || b.len() < 2 {
+                    return;
+                }
+                let hlen = usize::from(u16::from_be_bytes([b[0], b[1]]));
+                let Some(header) = b.get(2..2 + hlen) else {
+                    return;
+                };
+                let header: Map<String, Value> = serde_json::from_slice(header).unwrap_or_default();
+                let input = b.slice(2 + hlen..);
+                if self.decide(id, t, &header, Ask::Input, out) {
+                    t.to_host(OutFrame::Binary(input));
+                }
+            }
+            "ask" => {
+                if t.authority.is_none() {
+                    return;
+                }
+                let m = parse_json(env);
+                match str_of(&m, "ask") {
+                    Some("left") => {
+                        let r = str_of(&m, "r").unwrap_or_default().to_owned();
+                        if let Some(a) = &mut t.authority
+                            && a.control.left(&r)
+                        {
+                            self.announce(id, t, out);
+                        }
+                    }
+                    Some("take_control") => {
+                        self.decide(id, t, &m, Ask::TakeControl, out);
+                    }
+                    Some("release") => {
+                        self.decide(id, t, &m, Ask::Release, out);
+                    }
+                    Some("resize") => {
+                        let (cols, rows) = (dim(&m, "cols"), dim(&m, "rows"));
+                        if cols > 0 && rows > 0 && self.decide(id, t, &m, Ask::Input, out) {
+                            let msg = ServerMsg::Resize { cols, rows };
+                            t.to_host(OutFrame::Text(Bytes::from(msg.to_text())));
+                            out.push(Relay::json(
+                                id,
+                                "size",
+                                json!({"cols": cols, "rows": rows, "from": str_of(&m, "r")}),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "ctl" => {
+                let m = parse_json(env);
+                let before = t.driver.clone();
+                t.driver = match (str_of(&m, "r"), str_of(&m, "driver")) {
+                    (Some(r), Some(s)) => Some((r.to_owned(), s.to_owned())),
+                    _ => None,
+                };
+                if before != t.driver {
+                    let msg = ServerMsg::Control {
+                        driver: t.driver.as_ref().map(|(_, s)| s.clone()),
+                    };
+                    t.to_viewers(&msg, None);
+                    t.to_host(OutFrame::Text(Bytes::from(msg.to_text())));
+                    // Presence: the local viewers whose driving changed.
+                    for v in &t.viewers {
+                        let me = self.conn_ref(v.conn);
+                        let was = before.as_ref().is_some_and(|(r, _)| *r == me);
+                        let is = t.driver.as_ref().is_some_and(|(r, _)| *r == me);
+                        if was != is {
+                            self.track(id, v.conn, &v.sub, "viewer", is);
+                        }
+                    }
+                }
+            }
+            "size" => {
+                let m = parse_json(env);
+                let (cols, rows) = (dim(&m, "cols"), dim(&m, "rows"));
+                if cols == 0 || rows == 0 {
+                    return;
+                }
+                t.size = (cols, rows);
+                let from = str_of(&m, "from").and_then(|r| {
+                    let (node, conn) = r.split_once('/')?;
+                    (node == self.node).then(|| conn.parse().ok()).flatten()
+                });
+                t.to_viewers(&ServerMsg::Resize { cols, rows }, from);
+            }
+            "host" => {
+                let m = parse_json(env);
+                let r = str_of(&m, "r").unwrap_or_default().to_owned();
+                let present = m.get("present").and_then(Value::as_bool) == Some(true);
+                let was = t.host.is_some();
+                if present {
+                    // Another node's host took over: the local one (if any) is replaced.
+                    if let Some(a) = &t.authority
+                        && self.conn_ref(a.conn) != r
+                    {
+                        a.outbox.close(CloseReason::Server {
+                            code: 4000,
+                            reason: "replaced by a new host connection".into(),
+                        });
+                        t.authority = None;
+                    }
+                    t.host = Some(r);
+                    if !was {
+                        t.to_viewers(&ServerMsg::HostConnected, None);
+                    }
+                } else if t.host.as_deref() == Some(r.as_str()) {
+                    t.host = None;
+                    t.to_viewers(&ServerMsg::HostDisconnected, None);
+                }
+            }
+            "refused" => {
+                let m = parse_json(env);
+                let Some((node, conn)) = str_of(&m, "r").and_then(|r| r.split_once('/')) else {
+                    return;
+                };
+                if node != self.node {
+                    return;
+                }
+                let conn: ConnId = conn.parse().unwrap_or(0);
+                if let Some(v) = self.viewer(t, conn) {
+                    let message = str_of(&m, "message").unwrap_or("refused").to_owned();
+                    v.outbox.push(OutFrame::Text(Bytes::from(
+                        ServerMsg::Error { message }.to_text(),
+                    )));
+                }
+            }
+            "hello" => {
+                if let Some(a) = &t.authority {
+                    out.push(Relay::json(
+                        id,
+                        "host",
+                        json!({"present": true, "r": self.conn_ref(a.conn)}),
+                    ));
+                    self.announce(id, t, out);
+                    out.push(Relay::json(
+                        id,
+                        "size",
+                        json!({"cols": t.size.0, "rows": t.size.1}),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The authority decides a viewer's request; returns whether it was granted.
+    fn decide(
+        &self,
+        id: &str,
+        t: &mut Term,
+        header: &Map<String, Value>,
+        ask: Ask,
+        out: &mut Vec<Relay>,
+    ) -> bool {
+        let (Some(r), Some(s)) = (str_of(header, "r"), str_of(header, "s")) else {
+            return false;
+        };
+        let may_drive = header.get("d").and_then(Value::as_bool) == Some(true);
+        let Some(a) = &mut t.authority else {
+            return false;
+        };
+        a.subs.insert(r.to_owned(), s.to_owned());
+        match a.control.ask(&r.to_owned(), may_drive, ask) {
+            Decision::Refused(why) => {
+                out.push(Relay::json(id, "refused", json!({"r": r, "message": why})));
+                false
+            }
             Decision::Granted { changed } => {
                 if changed {
-                    t.announce_driver();
+                    self.announce(id, t, out);
                 }
-                if let Some(frame) = to_host {
-                    t.to_host(frame);
-                }
-                Ok(())
+                true
             }
         }
     }
 
-    /// A resize: from the host (its PTY's size) or from a viewer allowed to drive (it takes
-    /// the keyboard as if it typed). Everyone else is told the new size.
-    pub fn resize(&self, id: &str, conn: ConnId, cols: u16, rows: u16) -> Result<(), Refusal> {
-        let term = self.existing(id).ok_or(NO_HOST)?;
-        let mut t = lock(&term);
-        let from_host = t.host.as_ref().is_some_and(|(c, _)| *c == conn);
-        if !from_host {
-            let may_drive = t
-                .viewers
-                .iter()
-                .find(|v| v.conn == conn)
-                .is_some_and(|v| v.may_drive);
-            match t.control.ask(&conn, may_drive, Ask::Input) {
-                Decision::Refused(why) => return Err(why),
-                Decision::Granted { changed: true } => t.announce_driver(),
-                Decision::Granted { changed: false } => {}
-            }
+    /// The authority announces the driver.
+    fn announce(&self, id: &str, t: &Term, out: &mut Vec<Relay>) {
+        let Some(a) = &t.authority else {
+            return;
+        };
+        let driver = a.control.driver();
+        let sub = driver.and_then(|r| a.subs.get(r));
+        out.push(Relay::json(id, "ctl", json!({"r": driver, "driver": sub})));
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Presence and housekeeping
+    // -----------------------------------------------------------------------------------------
+
+    /// Presence of a local terminal connection on the public topic. Called with or without the
+    /// terminal's lock held: it takes no terminal lock itself.
+    fn track(&self, id: &str, conn: ConnId, sub: &str, role: &str, driver: bool) {
+        let (Some(registry), Some(topic)) = (self.registry.upgrade(), presence_topic(id)) else {
+            return;
+        };
+        let sub = sub.to_owned();
+        let mut meta = Map::new();
+        meta.insert("user".into(), json!(sub));
+        meta.insert("role".into(), json!(role));
+        meta.insert("driver".into(), json!(driver));
+        registry.track_detached(&topic, conn, &sub, meta.clone());
+        let _ = self.jobs.try_send(Job::Track(topic, conn, sub, meta));
+    }
+
+    fn untrack(&self, id: &str, conn: ConnId) {
+        if let (Some(registry), Some(topic)) = (self.registry.upgrade(), presence_topic(id)) {
+            registry.untrack_detached(&topic, conn);
         }
-        t.size = (cols, rows);
-        let msg = ServerMsg::Resize { cols, rows };
-        if !from_host {
-            t.to_host(OutFrame::Text(Bytes::from(msg.to_text())));
-        }
-        let frame = OutFrame::Text(Bytes::from(msg.to_text()));
-        for v in t.viewers.iter().filter(|v| v.conn != conn) {
-            v.outbox.push(frame.clone());
-        }
-        Ok(())
     }
 
     /// Frees terminals nobody has used for `idle_free`; returns how many were freed.
@@ -398,151 +907,4 @@ impl Terminals {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::outbox::OutboxLimits;
-
-    fn outbox() -> Outbox {
-        Outbox::new(OutboxLimits::default())
-    }
-
-    fn frames(o: &Outbox) -> Vec<OutFrame> {
-        let mut v = Vec::new();
-        o.drain(&mut v);
-        v
-    }
-
-    fn text(f: &OutFrame) -> serde_json::Value {
-        match f {
-            OutFrame::Text(b) => serde_json::from_slice(b).unwrap(),
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-
-    fn bytes(fs: &[OutFrame]) -> Vec<u8> {
-        fs.iter()
-            .filter_map(|f| match f {
-                OutFrame::Binary(b) => Some(b.to_vec()),
-                _ => None,
-            })
-            .flatten()
-            .collect()
-    }
-
-    #[test]
-    fn output_reaches_viewers_and_a_reconnect_resumes_without_duplicates() {
-        let ts = Terminals::default();
-        let host = outbox();
-        ts.attach_host("t1", 1, host.clone());
-        assert_eq!(text(&frames(&host)[0])["type"], "connected");
-        let v = outbox();
-        ts.attach_viewer("t1", 2, "alice", true, None, v.clone())
-            .unwrap();
-        ts.output("t1", 1, Bytes::from_static(b"hello "));
-        let got = frames(&v);
-        assert_eq!(text(&got[0])["host"], true);
-        assert_eq!(bytes(&got), b"hello ");
-        // The viewer drops after offset 6; output continues; it comes back with cursor 6.
-        ts.detach_viewer("t1", 2);
-        ts.output("t1", 1, Bytes::from_static(b"world"));
-        let again = outbox();
-        ts.attach_viewer("t1", 3, "alice", true, Some(6), again.clone())
-            .unwrap();
-        ts.output("t1", 1, Bytes::from_static(b"!"));
-        let got = frames(&again);
-        assert_eq!(text(&got[0])["cursor"], 11);
-        assert_eq!(text(&got[0])["continuous"], true);
-        assert_eq!(bytes(&got), b"world!");
-    }
-
-    #[test]
-    fn only_the_driver_types_and_handoff_is_announced() {
-        let ts = Terminals::default();
-        let host = outbox();
-        ts.attach_host("t", 1, host.clone());
-        frames(&host);
-        let (owner, guest, agent) = (outbox(), outbox(), outbox());
-        ts.attach_viewer("t", 10, "owner", true, None, owner.clone())
-            .unwrap();
-        ts.attach_viewer("t", 11, "guest", false, None, guest.clone())
-            .unwrap();
-        ts.attach_viewer("t", 12, "agent", true, None, agent.clone())
-            .unwrap();
-        assert_eq!(
-            ts.input("t", 11, Bytes::from_static(b"x")),
-            Err(super::super::control::NOT_ALLOWED)
-        );
-        ts.input("t", 10, Bytes::from_static(b"ls\r")).unwrap();
-        let to_host = frames(&host);
-        assert_eq!(text(&to_host[0])["driver"], "owner");
-        assert_eq!(bytes(&to_host), b"ls\r");
-        assert_eq!(
-            ts.input("t", 12, Bytes::from_static(b"x")),
-            Err(super::super::control::NOT_DRIVER)
-        );
-        ts.control("t", 12, Ask::TakeControl).unwrap();
-        let seen = frames(&guest);
-        let last = text(seen.last().unwrap());
-        assert_eq!(
-            (last["type"].as_str(), last["driver"].as_str()),
-            (Some("control"), Some("agent"))
-        );
-        ts.input("t", 12, Bytes::from_static(b"y")).unwrap();
-        assert_eq!(bytes(&frames(&host)), b"y");
-        // The driver leaves: nobody drives.
-        ts.detach_viewer("t", 12);
-        let last = text(frames(&owner).last().unwrap());
-        assert_eq!(last["driver"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn without_a_host_input_is_refused_and_viewers_are_told() {
-        let ts = Terminals::default();
-        let v = outbox();
-        ts.attach_viewer("t", 2, "u", true, None, v.clone())
-            .unwrap();
-        assert_eq!(text(&frames(&v)[0])["host"], false);
-        assert_eq!(ts.input("t", 2, Bytes::from_static(b"x")), Err(NO_HOST));
-        let host = outbox();
-        ts.attach_host("t", 1, host.clone());
-        ts.detach_host("t", 1);
-        let seen: Vec<_> = frames(&v).iter().map(|f| text(f)["type"].clone()).collect();
-        assert_eq!(seen, ["host_connected", "host_disconnected"]);
-    }
-
-    #[test]
-    fn a_user_may_view_five_terminals() {
-        let ts = Terminals::default();
-        for k in 0..5 {
-            ts.attach_viewer(&format!("t{k}"), k, "u", true, None, outbox())
-                .unwrap();
-        }
-        // Another connection to a terminal already open is fine; a sixth terminal is not.
-        ts.attach_viewer("t0", 99, "u", true, None, outbox())
-            .unwrap();
-        assert_eq!(
-            ts.attach_viewer("t5", 5, "u", true, None, outbox()),
-            Err(AttachError::TooMany(5))
-        );
-        ts.attach_viewer("t5", 6, "other", true, None, outbox())
-            .unwrap();
-        ts.detach_viewer("t4", 4);
-        ts.attach_viewer("t5", 7, "u", true, None, outbox())
-            .unwrap();
-    }
-
-    #[test]
-    fn idle_terminals_are_freed() {
-        let ts = Terminals::new(TerminalConfig {
-            idle_free: Duration::from_secs(60),
-            ..TerminalConfig::default()
-        });
-        ts.attach_viewer("t", 1, "u", true, None, outbox()).unwrap();
-        ts.attach_host("busy", 2, outbox());
-        ts.detach_viewer("t", 1);
-        let now = Instant::now();
-        assert_eq!(ts.sweep(now), 0);
-        assert_eq!(ts.sweep(now + Duration::from_secs(61)), 1);
-        assert_eq!(ts.len(), 1, "the terminal with a host stays");
-    }
-}
+mod tests;

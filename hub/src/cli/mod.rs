@@ -4,10 +4,12 @@
 //! - `hub [flags]`: run the hub ([`serve`]).
 //! - `hub simulate-build`: create a session on a running hub and follow its build ([`simulate_build`]).
 //! - `hub token --role …`: print a JWT signed with `HUB_JWT_SECRET` ([`token`]).
+//! - `hub terminal-agent --id … -- <command>`: host a command's PTY on a hub ([`terminal_agent`]).
 
 pub mod http;
 pub mod serve;
 pub mod simulate_build;
+pub mod terminal_agent;
 pub mod token;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +41,9 @@ pub enum Command {
     SimulateBuild(simulate_build::Args),
     /// Print a JWT signed with HUB_JWT_SECRET (for clients, scripts and curl).
     Token(token::Args),
+    /// Run a command (default: $SHELL) in a PTY and host it on a hub as terminal <id>,
+    /// reconnecting while the command runs; exits with the command's exit code.
+    TerminalAgent(terminal_agent::Args),
 }
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `default_filter`).
@@ -77,6 +82,29 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.command, Some(Command::SimulateBuild(_))));
+        let cli = Cli::try_parse_from([
+            "hub",
+            "terminal-agent",
+            "--hub",
+            "ws://127.0.0.1:1",
+            "--id",
+            "t1",
+            "--token",
+            "tok",
+            "--",
+            "sh",
+            "-c",
+            "echo --id",
+        ])
+        .unwrap();
+        let Some(Command::TerminalAgent(args)) = cli.command else {
+            panic!("expected terminal-agent, got {:?}", cli.command);
+        };
+        assert_eq!((args.id.as_str(), args.token.as_str()), ("t1", "tok"));
+        assert_eq!(args.command, ["sh", "-c", "echo --id"]);
+        let cli =
+            Cli::try_parse_from(["hub", "terminal-agent", "--id", "t1", "--token", "x"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::TerminalAgent(ref a)) if a.command.is_empty()));
         Cli::command().debug_assert();
     }
 }

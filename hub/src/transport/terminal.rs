@@ -24,6 +24,7 @@ use bytes::Bytes;
 use channels::kinds::Access;
 use channels::outbox::CloseReason;
 use channels::terminal::{Ask, ClientMsg, ServerMsg};
+
 use channels::ws_frame::{self, Assembler, Message, Opcode, Role};
 use channels::{OutFrame, Outbox, Principal, TokenVerifier, TopicKey};
 use hyper_util::rt::TokioIo;
@@ -35,6 +36,14 @@ use crate::state::AppState;
 
 /// A connection silent for this long is closed (clients ping every 30 s, seed 003).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Relay history read per page, and at most this many pages, when a node starts relaying a
+/// terminal.
+const LOAD_PAGE: usize = 1000;
+const LOAD_PAGES: usize = 100;
+
+/// How long a connection waits for another one to finish loading the terminal's view.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which end of the terminal a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,18 +193,28 @@ impl Conn {
         let conn_id = node.next_conn_id();
         let outbox = Outbox::new(node.config.outbox);
         node.connections.register(conn_id, &outbox);
+        let relay = channels::terminal::relay_topic(&self.id);
+        if let Err(e) = node.broker.subscribe(&relay).await {
+            tracing::warn!(terminal = %self.id, error = %e, "subscribing to the terminal relay failed");
+        }
+        self.load(conn_id).await;
         let terminals = &node.terminals;
-        match self.side {
-            Side::Host => terminals.attach_host(&self.id, conn_id, outbox.clone()),
-            Side::Viewer { may_drive } => {
-                if let Err(e) = terminals.attach_viewer(
-                    &self.id,
-                    conn_id,
-                    &self.sub,
-                    may_drive,
-                    self.cursor,
-                    outbox.clone(),
-                ) {
+        let attached = match self.side {
+            Side::Host => {
+                let relays = terminals.attach_host(&self.id, conn_id, outbox.clone());
+                self.publish(relays).await;
+                true
+            }
+            Side::Viewer { may_drive } => match terminals.attach_viewer(
+                &self.id,
+                conn_id,
+                &self.sub,
+                may_drive,
+                self.cursor,
+                outbox.clone(),
+            ) {
+                Ok(()) => true,
+                Err(e) => {
                     outbox.push(text(&ServerMsg::Error {
                         message: e.to_string(),
                     }));
@@ -203,20 +222,69 @@ impl Conn {
                         code: 4029,
                         reason: "too many terminals".into(),
                     });
+                    false
                 }
-            }
-        }
+            },
+        };
         let limiter =
             channels::limits::KeyedLimiter::per_second(self.state.config.terminal_input_per_sec);
         let outcome = self
             .relay(&stream, leftover, &outbox, conn_id, &limiter)
             .await;
         tracing::debug!(terminal = %self.id, conn = conn_id, ?outcome, "terminal connection ended");
-        match self.side {
-            Side::Host => terminals.detach_host(&self.id, conn_id),
-            Side::Viewer { .. } => terminals.detach_viewer(&self.id, conn_id),
+        if attached {
+            let relays = match self.side {
+                Side::Host => terminals.detach_host(&self.id, conn_id),
+                Side::Viewer { .. } => terminals.detach_viewer(&self.id, conn_id),
+            };
+            self.publish(relays).await;
+        }
+        terminals.close(&self.id);
+        if let Err(e) = node.broker.unsubscribe(&relay).await {
+            tracing::warn!(terminal = %self.id, error = %e, "unsubscribing from the terminal relay failed");
         }
         node.connections.unregister(conn_id);
+    }
+
+    /// Makes this node's view of the terminal current before attaching: the first local
+    /// connection reads the relay topic's history (scrollback, host, driver); others wait for it.
+    async fn load(&self, _conn: channels::ConnId) {
+        let node = &self.state.node;
+        if !node.terminals.open(&self.id) {
+            let deadline = tokio::time::Instant::now() + LOAD_TIMEOUT;
+            while !node.terminals.is_loaded(&self.id) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            return;
+        }
+        let relay = channels::terminal::relay_topic(&self.id);
+        let mut after = channels::Since::Beginning;
+        for _ in 0..LOAD_PAGES {
+            let page = match node.broker.read(&relay, &after, LOAD_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(terminal = %self.id, error = %e, "reading the terminal relay history failed");
+                    break;
+                }
+            };
+            let n = page.messages.len();
+            let relays = node.terminals.load_history(&self.id, &page.messages);
+            self.publish(relays).await;
+            match page.messages.last().and_then(|e| e.cursor.clone()) {
+                Some(c) if n == LOAD_PAGE => after = channels::Since::After(c),
+                _ => break,
+            }
+        }
+        let relays = node.terminals.finish_load(&self.id);
+        self.publish(relays).await;
+    }
+
+    async fn publish(&self, relays: Vec<channels::terminal::Relay>) {
+        for r in relays {
+            if let Err(e) = self.state.node.broker.publish(r.publication()).await {
+                tracing::warn!(terminal = %self.id, error = %e, "publishing on the terminal relay failed");
+            }
+        }
     }
 
     /// Reads frames and writes the outbox until either side ends.
@@ -263,10 +331,10 @@ impl Conn {
                     }
                     Ok(Some(Message::Pong)) => {}
                     Ok(Some(Message::Binary(b))) => {
-                        self.on_binary(Bytes::copy_from_slice(b), outbox, conn_id, limiter);
+                        self.on_binary(b, outbox, conn_id, limiter).await;
                     }
                     Ok(Some(Message::Text(t))) => match std::str::from_utf8(t) {
-                        Ok(t) => self.on_text(t, outbox, conn_id),
+                        Ok(t) => self.on_text(t, outbox, conn_id).await,
                         Err(_) => {
                             close(stream, &mut wbuf, 1007, "text frame is not UTF-8").await;
                             return Ok("protocol error");
@@ -313,16 +381,20 @@ impl Conn {
         }
     }
 
-    fn on_binary(
+    async fn on_binary(
         &self,
-        bytes: Bytes,
+        bytes: &[u8],
         outbox: &Outbox,
         conn: channels::ConnId,
         limiter: &channels::limits::KeyedLimiter,
     ) {
         let terminals = &self.state.node.terminals;
         match self.side {
-            Side::Host => terminals.output(&self.id, conn, bytes),
+            Side::Host => {
+                if let Some(r) = terminals.host_output(&self.id, conn, bytes) {
+                    self.publish(vec![r]).await;
+                }
+            }
             Side::Viewer { .. } => {
                 if let Err(wait) = limiter.check("input") {
                     outbox.push(text(&ServerMsg::Error {
@@ -334,37 +406,83 @@ impl Conn {
                     }));
                     return;
                 }
-                if let Err(why) = terminals.input(&self.id, conn, bytes) {
-                    outbox.push(text(&ServerMsg::Error {
-                        message: why.to_owned(),
-                    }));
+                match terminals.viewer_input(&self.id, conn, bytes) {
+                    Ok(r) => self.publish(vec![r]).await,
+                    Err(why) => {
+                        outbox.push(text(&ServerMsg::Error {
+                            message: why.to_owned(),
+                        }));
+                    }
                 }
             }
         }
     }
 
-    fn on_text(&self, t: &str, outbox: &Outbox, conn: channels::ConnId) {
+    async fn on_text(&self, t: &str, outbox: &Outbox, conn: channels::ConnId) {
         let terminals = &self.state.node.terminals;
-        let result = match ClientMsg::parse(t) {
+        let msg = match ClientMsg::parse(t) {
             Err(message) => {
                 outbox.push(text(&ServerMsg::Error { message }));
                 return;
             }
-            Ok(ClientMsg::Ping) => {
+            Ok(m) => m,
+        };
+        let result = match (msg, self.side) {
+            (ClientMsg::Ping, _) => {
                 outbox.push(text(&ServerMsg::Pong));
                 return;
             }
-            Ok(ClientMsg::Resize { cols, rows }) => terminals.resize(&self.id, conn, cols, rows),
-            Ok(ClientMsg::TakeControl | ClientMsg::Release) if self.side == Side::Host => {
+            (ClientMsg::Resize { cols, rows }, Side::Host) => {
+                Ok(terminals.host_resize(&self.id, conn, cols, rows))
+            }
+            (ClientMsg::Resize { cols, rows }, Side::Viewer { .. }) => terminals
+                .viewer_ask(&self.id, conn, Ask::Input, Some((cols, rows)))
+                .map(Some),
+            (ClientMsg::TakeControl | ClientMsg::Release, Side::Host) => {
                 Err("Invalid: the host does not drive its own terminal")
             }
-            Ok(ClientMsg::TakeControl) => terminals.control(&self.id, conn, Ask::TakeControl),
-            Ok(ClientMsg::Release) => terminals.control(&self.id, conn, Ask::Release),
+            (ClientMsg::TakeControl, _) => terminals
+                .viewer_ask(&self.id, conn, Ask::TakeControl, None)
+                .map(Some),
+            (ClientMsg::Release, _) => terminals
+                .viewer_ask(&self.id, conn, Ask::Release, None)
+                .map(Some),
         };
-        if let Err(why) = result {
-            outbox.push(text(&ServerMsg::Error {
-                message: why.to_owned(),
-            }));
+        match result {
+            Ok(Some(r)) => self.publish(vec![r]).await,
+            Ok(None) => {}
+            Err(why) => {
+                outbox.push(text(&ServerMsg::Error {
+                    message: why.to_owned(),
+                }));
+            }
+        }
+    }
+}
+
+/// Runs the node's terminal relay task: publishes what applying relay messages produced
+/// (control decisions, answers to `hello`) and shares terminal presence. Ends when the node's
+/// terminals are dropped.
+pub async fn run_relay(node: std::sync::Arc<channels::Node>) {
+    let Some(mut jobs) = node.terminals.take_jobs() else {
+        return;
+    };
+    while let Some(job) = jobs.recv().await {
+        match job {
+            channels::terminal::Job::Relay(r) => {
+                if let Err(e) = node.broker.publish(r.publication()).await {
+                    tracing::warn!(error = %e, "publishing on a terminal relay failed");
+                }
+            }
+            channels::terminal::Job::Track(topic, member, key, meta) => {
+                if let Err(e) = node
+                    .broker
+                    .presence_track(&topic, member, &key, &meta)
+                    .await
+                {
+                    tracing::warn!(error = %e, "sharing terminal presence failed");
+                }
+            }
         }
     }
 }
