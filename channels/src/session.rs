@@ -690,11 +690,14 @@ impl Session {
     }
 
     /// Closes a channel the way the real server shuts one down: a `system` error, then
-    /// `phx_close` (PROTOCOL §2.7). The client reports CLOSED and does not rejoin.
+    /// `phx_close` (PROTOCOL §2.7). The client reports CLOSED and does not rejoin. An event
+    /// stream gets the `system` event only: it has no Phoenix channel to close, and it ends.
     async fn close_channel(&mut self, topic: &str, message: &str) {
         if let Some(ch) = self.leave_channel(topic).await {
             self.system(ch.join_ref.as_ref(), &ch.key, "error", message);
-            self.lifecycle(ch.join_ref.as_ref(), topic, "phx_close");
+            if self.format != Format::Sse {
+                self.lifecycle(ch.join_ref.as_ref(), topic, "phx_close");
+            }
         }
     }
 
@@ -974,5 +977,53 @@ fn extract_broadcast(body: &Body) -> Result<(String, Payload), &'static str> {
                 Payload::Json(Bytes::copy_from_slice(payload.as_bytes())),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::TokenError;
+    use crate::node::NodeConfig;
+    use crate::outbox::OutboxLimits;
+
+    #[derive(Debug)]
+    struct NoTokens;
+
+    impl crate::auth::TokenVerifier for NoTokens {
+        fn verify(&self, _: &str) -> Result<Principal, TokenError> {
+            Err(TokenError::Missing)
+        }
+    }
+
+    /// An event stream whose token expired gets the `system` notice and no Phoenix `phx_close`
+    /// (it has no channel to close; the transport ends the stream).
+    #[tokio::test]
+    async fn an_expired_event_stream_gets_the_notice_without_phx_close() {
+        let (node, _broker) = Node::memory(NodeConfig::default(), Arc::new(NoTokens), 10);
+        let outbox = Outbox::new(OutboxLimits::default());
+        let principal = Principal {
+            role: "anon".into(),
+            sub: None,
+            exp: now_secs(),
+            share_session: None,
+        };
+        let mut session = Session::new(node, Format::Sse, outbox.clone(), "t", principal);
+        let topic = TopicKey::new("room:exp", false).unwrap();
+        let first = OutFrame::Text(Bytes::from_static(b"retry: 1\n\n"));
+        session.join_stream(topic, None, first).await.unwrap();
+        session.on_timer().await;
+        assert_eq!(session.channel_count(), 0, "the expired stream was closed");
+        let mut frames = Vec::new();
+        outbox.drain(&mut frames);
+        let text: Vec<String> = frames
+            .into_iter()
+            .map(|f| String::from_utf8(f.into_wire().0.to_vec()).unwrap())
+            .collect();
+        assert_eq!(text.len(), 2, "the preamble and the notice: {text:?}");
+        assert!(
+            text[1].starts_with("event: system\n") && text[1].contains("expired"),
+            "{text:?}"
+        );
     }
 }

@@ -284,7 +284,10 @@ impl Conn {
                         }
                         Box::pin(session.on_timer()).await;
                         if session.channel_count() == 0 {
-                            // Its one topic was closed (token expired): the stream ends.
+                            // Its one topic was closed (token expired): the stream ends, after
+                            // the notice that says why (queued by the session just now).
+                            outbox.drain(&mut frames);
+                            self.encode(&mut frames);
                             return self
                                 .finish(Stop::Protocol(1000, "stream ended".into()))
                                 .await;

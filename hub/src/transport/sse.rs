@@ -323,6 +323,14 @@ async fn pump(
                 }
                 Box::pin(session.on_timer()).await;
                 if session.channel_count() == 0 {
+                    // Its one topic was closed (token expired): the stream ends, after the
+                    // notice that says why (queued by the session just now).
+                    outbox.drain(&mut frames);
+                    for f in frames.drain(..) {
+                        if tx.send(f.into_wire().0).await.is_err() {
+                            break;
+                        }
+                    }
                     break;
                 }
             }
