@@ -641,6 +641,11 @@ async fn shutdown_ends_an_open_stream(via: Via) {
         "the stream ends cleanly, not with a reset: {:?}",
         sse.end_reason()
     );
+    assert_eq!(
+        events.len(),
+        1,
+        "one notice says why the stream ends (both paths): {events:?}"
+    );
     for e in &events {
         assert_eq!(
             e.event, "system",

@@ -310,7 +310,22 @@ async fn pump(
                         break 'run;
                     }
                 }
-                if closed.is_some() {
+                if let Some(reason) = closed {
+                    // The same notices as on the raw-socket path (`conn::finish_outbox`).
+                    let (status, message) = match reason {
+                        channels::CloseReason::Slow => (
+                            "error",
+                            "Connection closed: messages were not read fast enough (outbox \
+                             overflow); reconnect and resume from your last cursor",
+                        ),
+                        channels::CloseReason::Shutdown => ("ok", "Server requested disconnect"),
+                        channels::CloseReason::Server { .. } => break,
+                    };
+                    for f in session.notices(status, message) {
+                        if tx.send(f.into_wire().0).await.is_err() {
+                            break;
+                        }
+                    }
                     break;
                 }
             }
