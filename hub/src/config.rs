@@ -149,6 +149,9 @@ impl Config {
     /// builds stepping every 10 ms.
     pub fn for_tests(secret: &str) -> Self {
         let mut c = Self::parse_from(["hub", "--addr", "127.0.0.1:0"]);
+        // Backends only when a test asks for them, whatever DATABASE_URL / REDIS_URL say.
+        c.database_url = None;
+        c.redis_url = None;
         c.jwt_secret = Some(secret.to_owned());
         c.join_error_delay = Duration::ZERO;
         c.simulate_builds = true;

@@ -174,12 +174,12 @@ impl TestDb {
             .expect("count the session's events")
     }
 
-    /// Backends of this database that last ran `LISTEN` (the hubs' feed listeners).
+    /// Backends of this database that are hubs' feed listeners (`application_name` hub-feed).
     pub async fn listener_pids(&self) -> Vec<i32> {
         sqlx::query_scalar(
             "select pid from pg_stat_activity
              where datname = current_database() and pid <> pg_backend_pid()
-               and query ilike 'listen%'",
+               and application_name = 'hub-feed'",
         )
         .fetch_all(&self.pool)
         .await
@@ -200,14 +200,16 @@ impl TestDb {
     /// Terminates every feed listener connection of this database (only this database: other
     /// tests share the server). Returns the pids terminated.
     pub async fn terminate_listeners(&self) -> Vec<i32> {
-        sqlx::query_scalar(
-            "select pid from pg_stat_activity
-             where datname = current_database() and pid <> pg_backend_pid()
-               and query ilike 'listen%' and pg_terminate_backend(pid)",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .expect("terminate the listener backends")
+        // Two steps: in one statement Postgres may call pg_terminate_backend before the filter.
+        let pids = self.listener_pids().await;
+        for pid in &pids {
+            sqlx::query("select pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(&self.pool)
+                .await
+                .expect("terminate a listener backend");
+        }
+        pids
     }
 }
 

@@ -41,6 +41,9 @@ const MAX_GAPS: usize = 100_000;
 /// On start, ids this far below the newest are checked for uncommitted rows.
 const START_LOOKBACK: i64 = 10_000;
 
+/// `application_name` of the feed's LISTEN connection.
+pub const LISTENER_NAME: &str = "hub-feed";
+
 /// The topic kind whose history is the outbox itself (its rows are delivered straight from it).
 const DURABLE_KIND: &str = "build";
 
@@ -273,7 +276,12 @@ impl Feed {
     }
 
     async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect(&self.url).await?;
+        // Named, so operators (and tests) can find the feed's connection in pg_stat_activity.
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse()?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options.application_name(LISTENER_NAME));
+        let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen("hub_outbox").await?;
         Ok(listener)
     }
