@@ -6,12 +6,15 @@
 //! (`ws_*.rs`, `rest_*.rs`) covers one area of PROTOCOL.md, and the `pg_*.rs` files the Postgres
 //! backend, with [`pg::TestDb`] giving each test a database of its own. The `redis_*.rs` files run
 //! several real hub processes ([`nodes::Node`]) on one Redis ([`redis_backend::TestRedis`]).
-//! `sse_stream.rs` and `chat_stream.rs` read event streams with [`sse::SseClient`].
+//! `sse_stream.rs` and `chat_stream.rs` read event streams with [`sse::SseClient`]. The
+//! `terminal_*.rs` files drive `/v1/terminal/{id}` with [`terminal::Term`] (and the real PTY host,
+//! [`terminal::Agent`]).
 
 pub mod nodes;
 pub mod pg;
 pub mod redis_backend;
 pub mod sse;
+pub mod terminal;
 
 use std::collections::HashMap;
 use std::io;

@@ -58,8 +58,8 @@ pub fn hub_bin() -> PathBuf {
 
 /// The kept tail of a node's output.
 #[derive(Debug, Default)]
-struct Log {
-    text: String,
+pub(crate) struct Log {
+    pub(crate) text: String,
     dropped: usize,
 }
 
@@ -100,13 +100,13 @@ impl fmt::Debug for Node {
     }
 }
 
-fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
+pub(crate) fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
     // Appends only: a panic cannot leave the text half-written.
     log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Copies `out` line by line into `log` until it ends.
-fn keep_lines(
+pub(crate) fn keep_lines(
     out: impl AsyncRead + Unpin + Send + 'static,
     log: Arc<Mutex<Log>>,
     listening: Option<tokio::sync::oneshot::Sender<String>>,

@@ -230,6 +230,8 @@ pub enum Job {
     Relay(Relay),
     /// Share a terminal connection's presence with other nodes.
     Track(TopicKey, ConnId, String, crate::presence::PresencePayload),
+    /// A terminal connection's presence ended: tell the other nodes.
+    Untrack(TopicKey, ConnId),
 }
 
 /// Capacity of the relay task's queue.
@@ -771,7 +773,6 @@ impl Terminals {
                 let m = parse_json(env);
                 let r = str_of(&m, "r").unwrap_or_default().to_owned();
                 let present = m.get("present").and_then(Value::as_bool) == Some(true);
-                let was = t.host.is_some();
                 if present {
                     // Another node's host took over: the local one (if any) is replaced.
                     if let Some(a) = &t.authority
@@ -783,8 +784,12 @@ impl Terminals {
                         });
                         t.authority = None;
                     }
+                    // A host that is back, or a new one replacing another (on any node): both
+                    // are host changes viewers are told about. The authority's answer to `hello`
+                    // names the same host again and is not one.
+                    let changed = t.host.as_deref() != Some(r.as_str());
                     t.host = Some(r);
-                    if !was {
+                    if changed {
                         t.to_viewers(&ServerMsg::HostConnected, None);
                     }
                 } else if t.host.as_deref() == Some(r.as_str()) {
@@ -890,6 +895,8 @@ impl Terminals {
     fn untrack(&self, id: &str, conn: ConnId) {
         if let (Some(registry), Some(topic)) = (self.registry.upgrade(), presence_topic(id)) {
             registry.untrack_detached(&topic, conn);
+            // Other nodes got the track through the broker; they must get the leave too.
+            let _ = self.jobs.try_send(Job::Untrack(topic, conn));
         }
     }
 

@@ -483,6 +483,11 @@ pub async fn run_relay(node: std::sync::Arc<channels::Node>) {
                     tracing::warn!(error = %e, "sharing terminal presence failed");
                 }
             }
+            channels::terminal::Job::Untrack(topic, member) => {
+                if let Err(e) = node.broker.presence_untrack(&topic, member).await {
+                    tracing::warn!(error = %e, "sharing the end of terminal presence failed");
+                }
+            }
         }
     }
 }

@@ -277,3 +277,57 @@ fn idle_terminals_are_freed() {
     assert_eq!(ts.sweep(now + Duration::from_secs(61)), 1);
     assert_eq!(ts.len(), 1, "the terminal with a connection stays");
 }
+
+#[test]
+fn viewers_are_told_when_a_new_host_replaces_the_old_one() {
+    let mut bus = Bus::new(4);
+    let _old = bus.host(0, "t", 1);
+    let v = bus.viewer(2, "t", 9, "u", true);
+    let hosts = |v: &Outbox| -> Vec<Value> {
+        texts(&frames(v))
+            .into_iter()
+            .map(|m| m["type"].clone())
+            .filter(|t| t.as_str().is_some_and(|t| t.starts_with("host_")))
+            .collect()
+    };
+    assert_eq!(hosts(&v), Vec::<Value>::new(), "the host was there already");
+    let _moved = bus.host(1, "t", 7);
+    assert_eq!(hosts(&v), ["host_connected"], "a host on another node");
+    let _replaced = bus.host(1, "t", 8);
+    assert_eq!(
+        hosts(&v),
+        ["host_connected"],
+        "a new connection on the same node"
+    );
+    // A node starting to relay says hello; the answer names the same host: no change.
+    let _late = bus.viewer(3, "t", 4, "w", true);
+    assert_eq!(hosts(&v), Vec::<Value>::new(), "hello is not a host change");
+}
+
+#[test]
+fn a_leaving_connection_leaves_the_presence_of_other_nodes_too() {
+    let registry = Arc::new(Registry::new(16));
+    let ts = Terminals::new(TerminalConfig::default(), Arc::downgrade(&registry));
+    let mut jobs = ts.take_jobs().unwrap();
+    ts.attach_viewer("t", 3, "u", true, None, outbox()).unwrap();
+    ts.detach_viewer("t", 3);
+    ts.attach_host("t", 4, outbox());
+    ts.detach_host("t", 4);
+    let mut seen = Vec::new();
+    while let Ok(job) = jobs.try_recv() {
+        match job {
+            Job::Track(topic, member, key, _) => seen.push(format!("track {topic} {member} {key}")),
+            Job::Untrack(topic, member) => seen.push(format!("untrack {topic} {member}")),
+            Job::Relay(_) => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "track terminal:t 3 u",
+            "untrack terminal:t 3",
+            "track terminal:t 4 host",
+            "untrack terminal:t 4"
+        ]
+    );
+}
