@@ -399,18 +399,32 @@ impl Terminals {
     pub fn attach_host(&self, id: &str, conn: ConnId, outbox: Outbox) -> Vec<Relay> {
         let term = self.term(id);
         let mut t = lock(&term);
-        let (control, subs) = match t.authority.take() {
+        // A host reconnecting on this node keeps the driver; a new authority starts with nobody
+        // driving, and says so (every node's view of the driver must match its decisions).
+        let (control, subs, fresh) = match t.authority.take() {
             Some(old) => {
                 old.outbox.close(CloseReason::Server {
                     code: 4000,
                     reason: "replaced by a new host connection".into(),
                 });
-                (old.control, old.subs)
+                (old.control, old.subs, false)
             }
-            None => (Control::default(), HashMap::new()),
+            None => (Control::default(), HashMap::new(), true),
         };
+        let mut relays = vec![Relay::json(
+            id,
+            "host",
+            json!({"present": true, "r": self.conn_ref(conn)}),
+        )];
+        if fresh && t.driver.is_some() {
+            relays.push(Relay::json(id, "ctl", json!({"r": null, "driver": null})));
+        }
         let connected = ServerMsg::Connected {
-            driver: t.driver.as_ref().map(|(_, s)| s.clone()),
+            driver: if fresh {
+                None
+            } else {
+                t.driver.as_ref().map(|(_, s)| s.clone())
+            },
             cols: t.size.0,
             rows: t.size.1,
             cursor: t.scrollback.end(),
@@ -426,11 +440,7 @@ impl Terminals {
             subs,
         });
         self.track(id, conn, "host", "host", false);
-        vec![Relay::json(
-            id,
-            "host",
-            json!({"present": true, "r": self.conn_ref(conn)}),
-        )]
+        relays
     }
 
     /// Detaches host connection `conn` (if it is still the host here).
@@ -761,6 +771,9 @@ impl Terminals {
                 let (cols, rows) = (dim(&m, "cols"), dim(&m, "rows"));
                 if cols == 0 || rows == 0 {
                     return;
+                }
+                if t.size == (cols, rows) {
+                    return; // e.g. the authority's answer to a `hello`
                 }
                 t.size = (cols, rows);
                 let from = str_of(&m, "from").and_then(|r| {

@@ -331,3 +331,35 @@ fn a_leaving_connection_leaves_the_presence_of_other_nodes_too() {
         ]
     );
 }
+
+#[test]
+fn a_new_host_node_starts_with_nobody_driving_and_every_node_agrees() {
+    let mut bus = Bus::new(2);
+    let _old = bus.host(0, "t", 1);
+    let owner = bus.viewer(1, "t", 10, "owner", true);
+    let _agent = bus.viewer(1, "t", 11, "agent", true);
+    bus.input(1, "t", 10, b"x").unwrap();
+    // The host moves to node 1: the driver is reset everywhere, so the next typist drives.
+    let new = bus.host(1, "t", 2);
+    let c = texts(&frames(&new));
+    assert_eq!(c[0]["driver"], Value::Null);
+    let seen = texts(&frames(&owner));
+    assert_eq!(seen.last().unwrap()["driver"], Value::Null, "{seen:?}");
+    bus.input(1, "t", 11, b"y").unwrap();
+    assert_eq!(bytes(&frames(&new)), b"y");
+    assert_eq!(texts(&frames(&owner)).last().unwrap()["driver"], "agent");
+}
+
+#[test]
+fn an_unchanged_size_is_not_repeated_to_viewers() {
+    let mut bus = Bus::new(2);
+    let _host = bus.host(0, "t", 1);
+    let v = bus.viewer(0, "t", 2, "u", true);
+    frames(&v);
+    // Another node starts relaying: the authority answers its hello with the (same) size.
+    let _far = bus.viewer(1, "t", 3, "w", true);
+    assert!(
+        texts(&frames(&v)).iter().all(|m| m["type"] != "resize"),
+        "no resize for an unchanged size"
+    );
+}
