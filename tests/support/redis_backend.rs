@@ -30,7 +30,7 @@ pub fn redis_url() -> String {
         _ => panic!(
             "REDIS_URL is not set, so the Redis multi-node tests cannot run. Run the tests with \
              `scripts/test` (it starts a throwaway Redis), or set REDIS_URL to a server whose \
-             databases 1-5 these tests may flush."
+             databases 1-7 these tests may flush."
         ),
     }
 }
