@@ -45,6 +45,12 @@ pub enum Scenario {
     /// Rows inserted into `build_events` → viewers of `build:<session>`: delivery ratio,
     /// insert→receive latency, commit times, server CPU. Needs the hub's database.
     PgFeed(PgFeedArgs),
+    /// Server-sent event streams (`GET /v1/sse/{topic}`) fed by WebSocket publishers: idle cost
+    /// per stream, or delivery, order and publish→receive latency.
+    Sse(SseArgs),
+    /// Terminals (`GET /v1/terminal/{id}`): keystroke→echo round trip through the hub and a real
+    /// PTY agent, or host output fanned out to viewers (throughput, every byte in order).
+    Terminal(TerminalArgs),
 }
 
 impl Scenario {
@@ -54,6 +60,8 @@ impl Scenario {
             Self::Idle(a) => &a.common,
             Self::Fanout(a) => &a.common,
             Self::PgFeed(a) => &a.common,
+            Self::Sse(a) => &a.common,
+            Self::Terminal(a) => &a.common,
         }
     }
 
@@ -67,6 +75,11 @@ impl Scenario {
                 .sessions
                 .saturating_mul(a.viewers)
                 .saturating_add(a.inserters + 1),
+            Self::Sse(a) => a.conns.saturating_add(a.publishers()),
+            Self::Terminal(a) => match a.mode {
+                TerminalMode::Echo => 1,
+                TerminalMode::Output => a.viewers.saturating_add(1),
+            },
         }
     }
 }
@@ -288,6 +301,259 @@ pub struct PgFeedArgs {
     pub expect_duplicates: Option<u64>,
 }
 
+/// Flags of the `sse` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct SseArgs {
+    /// Shared flags. `--url` names the hub: its WebSocket endpoint carries the publishers, and
+    /// the streams go to `GET /v1/sse/…` on the same host and port.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// What to measure: `idle` streams (open rate, server RSS per stream), `fanout` (many
+    /// streams per topic) or `topics` (one stream per topic).
+    #[arg(long, value_enum, default_value_t = SseMode::Fanout)]
+    pub mode: SseMode,
+
+    /// Event streams this process opens.
+    #[arg(long, default_value_t = 100)]
+    pub conns: usize,
+
+    /// Topics the streams are spread over, round-robin. Default: 1, or `--conns` with
+    /// `--mode topics` (which needs one topic per stream).
+    #[arg(long)]
+    pub topics: Option<usize>,
+
+    /// Topic names are `<prefix>-<k>` (rooms) or `chat:<prefix>-<k>`. Default `sse-<pid>`, fresh
+    /// topics each run, so a chat reader does not start with an earlier run's snapshot.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+
+    /// Topic kind: `chat` streams `token` events whose payload is exactly `{"text":…}` (the send
+    /// stamp rides inside the text, so the hub may merge a slow reader's deltas and every
+    /// merged token is still counted and timed); `room` streams `--event` events with the
+    /// fanout payload `{"t":…,"s":…,"p":…}`.
+    #[arg(long, value_enum, default_value_t = SseKind::Chat)]
+    pub kind: SseKind,
+
+    /// Events per second published on each topic.
+    #[arg(long, default_value_t = 20)]
+    pub rate: u64,
+
+    /// Payload size in bytes (the JSON text).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+
+    /// Publisher connections (WebSocket, service role), each publishing for its share of the
+    /// topics (round-robin), so each topic has one publisher and one order. Default: enough for
+    /// every topic at `--channels-per-publisher` topics each.
+    #[arg(long)]
+    pub publishers: Option<usize>,
+
+    /// Topics one publisher connection joins: at most the hub's `--max-channels` (100).
+    #[arg(long, default_value_t = 100)]
+    pub channels_per_publisher: usize,
+
+    /// Event name on room topics (chat topics publish `token`).
+    #[arg(long, default_value = "lt")]
+    pub event: String,
+
+    /// How streams present their token: `query` (`?access_token=`, as `EventSource` does) or
+    /// `header` (`Authorization: Bearer`).
+    #[arg(long, value_enum, default_value_t = crate::sse::Auth::Query)]
+    pub auth: crate::sse::Auth,
+
+    /// How long to wait for stragglers after publishing ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Idle: longest wait for the server's RSS to stop growing after the last stream opened.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// Idle: streams opened (and settled) before the measured ones, so the marginal RSS per
+    /// stream leaves out one-off costs. Default: a tenth of `--conns`.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+
+    /// Idle: fail (exit code 3) when server RSS growth per stream exceeds this many bytes.
+    #[arg(long)]
+    pub expect_rss_per_conn: Option<f64>,
+
+    /// Idle: fail (exit code 3) when fewer streams than this opened per second.
+    #[arg(long)]
+    pub expect_rate: Option<f64>,
+
+    /// Fail (exit code 3) when the server delivered fewer events than this per CPU-second.
+    #[arg(long)]
+    pub expect_per_cpu: Option<f64>,
+
+    /// Fail (exit code 3) when more duplicate deliveries than this arrived, e.g. `0`.
+    #[arg(long)]
+    pub expect_duplicates: Option<u64>,
+
+    /// Fail (exit code 3) when any stream saw an event id (cursor) that did not increase, or a
+    /// token older than one it had already seen.
+    #[arg(long)]
+    pub expect_in_order: bool,
+}
+
+/// Flags of the `terminal` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct TerminalArgs {
+    /// Shared flags. `--url` names the hub: terminals are `GET /v1/terminal/{id}` on its host
+    /// and port. The token (minted or `--token`) must be the service role: it hosts, and it may
+    /// drive a terminal that is not a build session's.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// What to measure: `echo` (keystroke→echo round trip through a PTY agent) or `output`
+    /// (this process hosts and floods `--viewers` viewers).
+    #[arg(long, value_enum, default_value_t = TerminalMode::Echo)]
+    pub mode: TerminalMode,
+
+    /// Terminal id. Default `lt-<pid>`: a fresh terminal each run, so no earlier run's
+    /// scrollback or driver is in the way.
+    #[arg(long)]
+    pub id: Option<String>,
+
+    /// Echo: the `hub` binary to start `hub terminal-agent` with, hosting `--agent-cmd` on
+    /// `--id` (stopped at the end). Without it an agent must already host `--id`.
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+
+    /// Echo: the shell command the started agent runs (`sh -c`). It must echo every byte it
+    /// reads, unchanged, and print `--ready` once it does.
+    #[arg(long, default_value = DEFAULT_AGENT_CMD)]
+    pub agent_cmd: String,
+
+    /// Echo: typing starts once the terminal's output contains this text (the program is then
+    /// in raw mode; a key typed earlier would be echoed by the line discipline and again by
+    /// the program). Empty: start at once.
+    #[arg(long, default_value = DEFAULT_READY)]
+    pub ready: String,
+
+    /// Echo: longest wait for the host to connect and print `--ready`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// Echo: time between keystrokes; `0ms` types the next key as soon as the last one's echo
+    /// arrived (back to back), `30ms` is typing pace.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Echo: measured keystrokes.
+    #[arg(long, default_value_t = 5000)]
+    pub count: u64,
+
+    /// Echo: keystrokes typed before the measured ones (the first makes this viewer the driver;
+    /// all of them warm caches and connections up).
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+
+    /// Echo: a keystroke whose echo has not arrived after this long is counted lost.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub echo_timeout: Duration,
+
+    /// Output: viewers reading the terminal.
+    #[arg(long, default_value_t = 10)]
+    pub viewers: usize,
+
+    /// Output: bytes per output frame the host writes (at most the hub's terminal frame limit,
+    /// 64 KiB by default).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub chunk: usize,
+
+    /// Output: cap on the host's output rate in MB/s (10^6 bytes); default: as fast as the hub
+    /// takes it.
+    #[arg(long)]
+    pub host_rate: Option<f64>,
+
+    /// Output: the host writes only while it is at most this many bytes ahead of the slowest
+    /// viewer (0: no limit). The hub does not slow a host down for its viewers: it closes a
+    /// viewer whose queue passes `HUB_OUTBOX_BYTES` (4 MiB) as slow, and a resume that far back
+    /// is beyond the 256 KiB scrollback. Held below that, the run measures what the hub can
+    /// deliver to every viewer; `0` shows what a host faster than its viewers does to them.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub window: u64,
+
+    /// Output: how long to wait for viewers to catch up after the host stops writing.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Output: fail (exit code 3) when viewers received fewer MB/s (10^6 bytes) than this, in
+    /// total.
+    #[arg(long)]
+    pub expect_mbps: Option<f64>,
+}
+
+/// The echo program the `terminal` scenario's agent runs by default: raw mode without the line
+/// discipline's echo, so every byte comes back from `cat`, once, unchanged.
+pub const DEFAULT_AGENT_CMD: &str = "stty raw -echo && echo lt-ready && exec cat";
+
+/// What [`DEFAULT_AGENT_CMD`] prints once it is in raw mode.
+pub const DEFAULT_READY: &str = "lt-ready";
+
+/// Largest `--chunk`: the hub's default terminal frame limit.
+pub const MAX_CHUNK: usize = 64 * 1024;
+
+/// Most keystrokes one echo run may type.
+pub const MAX_KEYSTROKES: u64 = 1_000_000;
+
+/// Most viewers of one output run (the terminal registry scans its viewers per output frame).
+pub const MAX_VIEWERS: usize = 1000;
+
+/// What the `terminal` scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TerminalMode {
+    /// Keystroke → echo round trip through the hub and a PTY agent.
+    Echo,
+    /// Host output to many viewers: throughput and completeness.
+    Output,
+}
+
+impl SseArgs {
+    /// Topics in use: `--topics`, else 1, or one per stream with `--mode topics`.
+    pub fn topics(&self) -> usize {
+        match (self.topics, self.mode) {
+            (Some(t), _) => t,
+            (None, SseMode::Topics) => self.conns,
+            (None, _) => 1,
+        }
+    }
+
+    /// Publisher connections: none when idle; `--publishers`, else as few as the topics need.
+    pub fn publishers(&self) -> usize {
+        if self.mode == SseMode::Idle {
+            return 0;
+        }
+        self.publishers.unwrap_or_else(|| {
+            self.topics()
+                .div_ceil(self.channels_per_publisher.max(1))
+                .max(1)
+        })
+    }
+}
+
+/// What the `sse` scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SseMode {
+    /// Open and hold streams; server RSS per stream.
+    Idle,
+    /// Streams spread over few topics (default one); publish→receive latency and delivery.
+    Fanout,
+    /// One stream per topic; the same figures with many topics.
+    Topics,
+}
+
+/// The topic kind the `sse` scenario streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SseKind {
+    /// `chat:<prefix>-<k>`, `token` events `{"text":"~<seq>.<ns>|x…"}`.
+    Chat,
+    /// `<prefix>-<k>`, fanout payloads.
+    Room,
+}
+
 /// Most concurrent inserting connections (`--inserters`).
 pub const MAX_INSERTERS: usize = 64;
 
@@ -371,6 +637,8 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
         Scenario::Idle(a) => validate_spread(&a.spread, false),
         Scenario::Fanout(f) => validate_fanout(f),
         Scenario::PgFeed(p) => validate_pg_feed(p),
+        Scenario::Sse(a) => validate_sse(a),
+        Scenario::Terminal(a) => validate_terminal(a),
     }
 }
 
@@ -449,6 +717,102 @@ fn validate_pg_feed(p: &PgFeedArgs) -> Result<(), String> {
             bytes >> 20,
             MAX_SEEN_BYTES >> 20
         ));
+    }
+    Ok(())
+}
+
+fn validate_sse(a: &SseArgs) -> Result<(), String> {
+    if a.conns == 0 || a.conns > MAX_CONNS {
+        return Err(format!("--conns must be between 1 and {MAX_CONNS}"));
+    }
+    let topics = a.topics();
+    if topics == 0 || topics > a.conns {
+        return Err("--topics must be between 1 and --conns".into());
+    }
+    if a.mode == SseMode::Topics && topics != a.conns {
+        return Err("--mode topics opens one stream per topic: leave --topics out".into());
+    }
+    if let Some(p) = &a.topic_prefix {
+        // `chat:` + prefix + `-<k>` must stay a valid topic (at most 246 bytes of name).
+        if p.is_empty() || p.len() > 200 {
+            return Err("--topic-prefix must be 1 to 200 bytes".into());
+        }
+    }
+    if a.mode == SseMode::Idle {
+        return Ok(());
+    }
+    if a.rate == 0 {
+        return Err("--rate must be at least 1".into());
+    }
+    let per_topic = messages_total(a.rate, a.common.duration);
+    let total = per_topic.saturating_mul(topics as u64);
+    if total > MAX_MESSAGES {
+        return Err(format!(
+            "--rate × --topics × --duration is {total} events; at most {MAX_MESSAGES} per run"
+        ));
+    }
+    if a.size > MAX_SIZE {
+        return Err(format!("--size is at most {MAX_SIZE} bytes"));
+    }
+    if a.event.is_empty() || a.event.len() > 255 {
+        return Err("--event must be 1 to 255 bytes".into());
+    }
+    if a.channels_per_publisher == 0 {
+        return Err("--channels-per-publisher must be at least 1".into());
+    }
+    let needed = topics.div_ceil(a.channels_per_publisher);
+    let p = a.publishers();
+    if p < needed || p > topics {
+        return Err(format!(
+            "--publishers must be between {needed} (--topics / --channels-per-publisher) and \
+             --topics ({topics}): each topic has exactly one publisher"
+        ));
+    }
+    let bytes = seen_bytes(total, topics, a.conns);
+    if bytes > MAX_SEEN_BYTES {
+        return Err(format!(
+            "--conns × --rate × --duration needs {} MiB of duplicate-tracking bits; at most {} \
+             MiB per process",
+            bytes >> 20,
+            MAX_SEEN_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+fn validate_terminal(a: &TerminalArgs) -> Result<(), String> {
+    if let Some(id) = &a.id {
+        // The hub takes 1 to 200 bytes; the id also goes into a URL path unescaped.
+        let ok = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+        if id.is_empty() || id.len() > 200 || !id.chars().all(ok) {
+            return Err("--id must be 1 to 200 letters, digits, '-', '_', '.' or ':'".into());
+        }
+    }
+    match a.mode {
+        TerminalMode::Echo => {
+            if a.count == 0 || a.count.saturating_add(a.warmup) > MAX_KEYSTROKES {
+                return Err(format!(
+                    "--count must be at least 1 and --count + --warmup at most {MAX_KEYSTROKES}"
+                ));
+            }
+            if a.echo_timeout.is_zero() {
+                return Err("--echo-timeout must be positive".into());
+            }
+        }
+        TerminalMode::Output => {
+            if a.viewers == 0 || a.viewers > MAX_VIEWERS {
+                return Err(format!("--viewers must be between 1 and {MAX_VIEWERS}"));
+            }
+            if a.chunk == 0 || a.chunk > MAX_CHUNK {
+                return Err(format!("--chunk must be between 1 and {MAX_CHUNK} bytes"));
+            }
+            if a.host_rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err("--host-rate must be a positive number of MB/s".into());
+            }
+            if a.common.duration.is_zero() {
+                return Err("--duration must be positive".into());
+            }
+        }
     }
     Ok(())
 }
@@ -624,6 +988,93 @@ mod tests {
         assert!(validate(&parse(&["--inserters", "65"])).is_err());
         assert!(validate(&parse(&["--sessions", "2000", "--viewers", "1000"])).is_err());
         assert!(validate(&parse(&["--rate", "100000", "--duration", "1h"])).is_err());
+    }
+
+    #[test]
+    fn sse_defaults_and_bounds() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["loadtest", "sse"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().scenario
+        };
+        let sc = parse(&["--mode", "topics", "--conns", "5000", "--rate", "20"]);
+        let Scenario::Sse(a) = &sc else {
+            panic!("sse expected")
+        };
+        assert_eq!((a.topics(), a.publishers()), (5000, 50));
+        assert_eq!(sc.sockets(), 5050);
+        assert!(validate(&sc).is_ok());
+        let sc = parse(&["--mode", "idle", "--conns", "5000"]);
+        let Scenario::Sse(a) = &sc else {
+            panic!("sse expected")
+        };
+        assert_eq!((a.topics(), a.publishers()), (1, 0));
+        assert!(validate(&sc).is_ok());
+        let sc = parse(&["--conns", "1000", "--rate", "50", "--kind", "room"]);
+        let Scenario::Sse(a) = &sc else {
+            panic!("sse expected")
+        };
+        assert_eq!((a.topics(), a.publishers(), a.kind), (1, 1, SseKind::Room));
+        assert!(validate(&sc).is_ok());
+
+        for bad in [
+            &["--conns", "0"][..],
+            &["--topics", "101"],
+            &["--mode", "topics", "--topics", "5"],
+            &["--rate", "0"],
+            &["--topics", "100", "--publishers", "101"],
+            &["--conns", "500", "--topics", "500", "--publishers", "4"],
+            &["--channels-per-publisher", "0"],
+            &[
+                "--conns",
+                "5000",
+                "--topics",
+                "5000",
+                "--rate",
+                "1000",
+                "--duration",
+                "60s",
+            ],
+            &["--topic-prefix", ""],
+        ] {
+            assert!(validate(&parse(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn terminal_defaults_and_bounds() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["loadtest", "terminal"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().scenario
+        };
+        let sc = parse(&[]);
+        let Scenario::Terminal(a) = &sc else {
+            panic!("terminal expected")
+        };
+        assert_eq!(
+            (a.mode, a.count, a.interval),
+            (TerminalMode::Echo, 5000, Duration::ZERO)
+        );
+        assert_eq!(a.agent_cmd, DEFAULT_AGENT_CMD);
+        assert_eq!(sc.sockets(), 1);
+        assert!(validate(&sc).is_ok());
+        let sc = parse(&["--mode", "output", "--viewers", "10", "--chunk", "16384"]);
+        assert_eq!(sc.sockets(), 11);
+        assert!(validate(&sc).is_ok());
+        for bad in [
+            &["--count", "0"][..],
+            &["--count", "2000000"],
+            &["--echo-timeout", "0s"],
+            &["--id", ""],
+            &["--id", "a/b"],
+            &["--mode", "output", "--viewers", "0"],
+            &["--mode", "output", "--chunk", "65537"],
+            &["--mode", "output", "--host-rate", "0"],
+            &["--mode", "output", "--duration", "0s"],
+        ] {
+            assert!(validate(&parse(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `loadtest`: load generator for the hub's Supabase Realtime (Phoenix V2) WebSocket endpoint.
+//! `loadtest`: load generator for the hub's Supabase Realtime (Phoenix V2) WebSocket endpoint
+//! and its server-sent event streams.
 //!
 //! Run `cargo build --release -p loadtest`, start the hub, then for example
 //!
@@ -12,10 +13,37 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/hub HUB_JWT_SECRET=<secret> \
 //!     target/release/loadtest pg-feed --sessions 100 --viewers 10 --rate 1000 --duration 10s \
 //!     --server-pid <hub pid> --expect-p99 3 --expect-delivered 1 --expect-duplicates 0
+//! HUB_JWT_SECRET=<secret> target/release/loadtest sse --mode idle --conns 5000 \
+//!     --src-ips 127.0.0.1-127.0.0.20 --server-pid <hub pid> --duration 30s \
+//!     --expect-rss-per-conn 4096 --expect-delivered 1 --json sse-idle.json
+//! HUB_JWT_SECRET=<secret> target/release/loadtest sse --mode fanout --conns 1000 --rate 50 \
+//!     --duration 20s --src-ips 127.0.0.1-127.0.0.20 --server-pid <hub pid> \
+//!     --expect-p99 5 --expect-delivered 1 --expect-duplicates 0 --expect-in-order
+//! HUB_JWT_SECRET=<secret> target/release/loadtest sse --mode topics --conns 5000 --rate 20 \
+//!     --duration 30s --src-ips 127.0.0.1-127.0.0.20 --server-pid <hub pid> \
+//!     --expect-p99 20 --expect-delivered 1 --expect-in-order --json sse-topics.json
+//! HUB_JWT_SECRET=<secret> target/release/loadtest terminal --mode echo --interval 0ms \
+//!     --count 5000 --agent target/release/hub --server-pid <hub pid> --expect-p99 0.5
+//! HUB_JWT_SECRET=<secret> target/release/loadtest terminal --mode echo --interval 30ms \
+//!     --count 1000 --agent target/release/hub --server-pid <hub pid> --expect-p99 2
+//! HUB_JWT_SECRET=<secret> target/release/loadtest terminal --mode output --viewers 10 \
+//!     --chunk 16384 --duration 10s --server-pid <hub pid> --expect-mbps 60 --expect-delivered 1
 //! ```
 //!
 //! pg-feed needs the hub serving from `DATABASE_URL` (it inserts rows there and the hub's
 //! triggers publish them); it creates its build sessions and deletes them at the end.
+//!
+//! sse reads `GET /v1/sse/{topic}` on the host and port of `--url`, as an ordinary user, and
+//! publishes through service-role WebSocket connections (one per 100 topics, the hub's channel
+//! limit per connection); `--kind chat` (default) streams `token` deltas with the send stamp in
+//! the text, `--kind room` fanout payloads. It runs in one process (no `--publishers 0` split).
+//!
+//! terminal talks to `GET /v1/terminal/{id}` on the host and port of `--url` with a
+//! service-role token. `--mode echo` types into `hub terminal-agent` running a raw-mode `cat`
+//! (started with `--agent`, or already hosting `--id`); back to back it types faster than the
+//! hub's default input limit (`HUB_TERMINAL_INPUT_PER_SEC=1000`), so refused keys are counted,
+//! not timed: start the hub with a higher limit (or 0) to time them all. `--mode output` hosts
+//! the terminal itself and checks that every viewer gets every byte in order.
 //!
 //! `--help` on each scenario lists every flag. A run larger than one process's open-file limit
 //! is split: start each share with its own `--conns` (and `--publishers 0` for fanout's
@@ -23,11 +51,12 @@
 //! with the publisher last; `--url` takes a comma list to spread connections over several hubs.
 //!
 //! Start reading at [`scenarios`]; [`client`] is the WebSocket client, [`session`] one
-//! connection's life, [`report`] the output.
+//! connection's life, [`sse`] the event-stream reader, [`report`] the output.
 //!
 //! Exit codes: 0 done and every `--expect-*` met, 1 the run could not be done, 2 bad usage,
 //! 3 an `--expect-*` threshold was missed, 130 interrupted by Ctrl-C (partial figures).
 
+mod agent;
 mod args;
 mod client;
 mod clock;
@@ -41,7 +70,9 @@ mod progress;
 mod report;
 mod scenarios;
 mod session;
+mod sse;
 mod target;
+mod terminal;
 mod token;
 
 use std::process::ExitCode;

@@ -4,6 +4,12 @@
 //! both with a byte scan instead of a JSON parse: at a million deliveries a second the receive
 //! path must not allocate or build a tree per message.
 //!
+//! Chat token payloads must be exactly `{"text":"…"}` for the hub to treat them as mergeable
+//! deltas, so the sse scenario's stamps travel inside the text instead: [`build_text`] writes
+//! `{"text":"~<seq>.<ns>|xxx…"}`, and [`scan_text`] finds every `~<seq>.<ns>|` record in a text,
+//! because a reader that falls behind gets several deltas merged into one event whose text is
+//! their concatenation (one record per original token).
+//!
 //! pg-feed's stamps travel inside a database row instead: the hub delivers the `build_events`
 //! row as `{"id": …, "payload": {"s": 0, "t": 1763…}, …}` (Postgres' jsonb text, with spaces),
 //! and [`scan_row`] reads the inner object the same way, allocation-free.
@@ -30,6 +36,44 @@ pub fn build(buf: &mut Vec<u8>, stamp: Stamp, size: usize) {
     let fill = size.saturating_sub(buf.len() + 2);
     buf.resize(buf.len() + fill, b'x');
     buf.extend_from_slice(br#""}"#);
+}
+
+/// Writes the chat token payload for `stamp` into `buf` (cleared first):
+/// `{"text":"~<s>.<t>|"}` with the text padded with `x` to `size` bytes in all.
+pub fn build_text(buf: &mut Vec<u8>, stamp: Stamp, size: usize) {
+    buf.clear();
+    // Writing to a Vec cannot fail.
+    let _ = write!(buf, r#"{{"text":"~{}.{}|"#, stamp.s, stamp.t);
+    let fill = size.saturating_sub(buf.len() + 2);
+    buf.resize(buf.len() + fill, b'x');
+    buf.extend_from_slice(br#""}"#);
+}
+
+/// Calls `found` with every `~<s>.<t>|` record in `text` (a token payload, or several merged
+/// into one) in order; returns how many records were found. A `~` not followed by a whole
+/// record is skipped: padding never contains `~`, so that only happens to foreign text.
+pub fn scan_text(text: &[u8], mut found: impl FnMut(Stamp)) -> usize {
+    let mut n = 0;
+    let mut rest = text;
+    // Each iteration consumes at least the `~` it found, so this ends within `text.len()`.
+    while let Some(i) = memchr::memchr(b'~', rest) {
+        rest = &rest[i + 1..];
+        let Some((s, used)) = number(rest) else {
+            continue;
+        };
+        let Some(after) = rest[used..].strip_prefix(b".") else {
+            continue;
+        };
+        let Some((t, used)) = number(after) else {
+            continue;
+        };
+        if after.get(used) == Some(&b'|') {
+            found(Stamp { t, s });
+            n += 1;
+            rest = &after[used + 1..];
+        }
+    }
+    n
 }
 
 /// Finds `t` and `s` in a payload; `None` when either is missing or not an unsigned integer.
@@ -145,6 +189,67 @@ mod tests {
         assert_eq!(scan(br#"{"t":1}"#), None);
         assert_eq!(scan(br#"{"t":99999999999999999999999,"s":1}"#), None);
         assert_eq!(scan(b""), None);
+    }
+
+    #[test]
+    fn chat_texts_carry_one_record_per_token_even_when_merged() {
+        let mut buf = Vec::new();
+        build_text(
+            &mut buf,
+            Stamp {
+                t: 1_763_000_000_123,
+                s: 7,
+            },
+            80,
+        );
+        assert_eq!(buf.len(), 80);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        let obj = v.as_object().unwrap();
+        assert_eq!(obj.len(), 1, "exactly {{\"text\": …}} so the hub merges it");
+        let text = obj["text"].as_str().unwrap();
+        assert!(text.starts_with("~7.1763000000123|x"), "{text}");
+        let mut got = Vec::new();
+        assert_eq!(scan_text(&buf, |st| got.push(st)), 1);
+        assert_eq!(
+            got,
+            [Stamp {
+                t: 1_763_000_000_123,
+                s: 7
+            }]
+        );
+
+        // What the hub sends for three merged deltas.
+        let merged = br#"{"text":"~1.10|xxx~2.20|~3.30|xxxxx"}"#;
+        got.clear();
+        assert_eq!(scan_text(merged, |st| got.push(st)), 3);
+        assert_eq!(
+            got.iter().map(|st| (st.s, st.t)).collect::<Vec<_>>(),
+            [(1, 10), (2, 20), (3, 30)]
+        );
+        // A small size keeps the record whole.
+        build_text(&mut buf, Stamp { t: 5, s: 6 }, 1);
+        assert_eq!(buf, br#"{"text":"~6.5|"}"#);
+    }
+
+    #[test]
+    fn chat_text_scanner_skips_broken_records() {
+        let mut n = 0;
+        for bad in [
+            &b"~"[..],
+            b"~1",
+            b"~1.",
+            b"~1.2",
+            b"~.2|",
+            b"~1.2x",
+            b"~a.b|",
+            b"",
+        ] {
+            n += scan_text(bad, |_| {});
+        }
+        assert_eq!(n, 0);
+        let mut got = Vec::new();
+        assert_eq!(scan_text(b"~~1.2|~3~4.5|", |st| got.push(st.s)), 2);
+        assert_eq!(got, [1, 4]);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 pub struct Target {
     /// Resolved server address (resolved once: a load test must not measure DNS).
     pub addr: SocketAddr,
+    /// The `Host` header value (`host:port`), for other requests to the same server (SSE).
+    pub host: String,
     /// Request line and headers up to (not including) the `Sec-WebSocket-Key` value.
     request_head: String,
 }
@@ -34,7 +36,11 @@ impl Target {
             "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: "
         );
-        Ok(Self { addr, request_head })
+        Ok(Self {
+            addr,
+            host: host_header,
+            request_head,
+        })
     }
 
     /// The complete upgrade request for one connection's `key`.

@@ -5,8 +5,13 @@
 //! collector ends when every task has reported; per-connection timeouts bound how long that
 //! takes. After reporting, a joined task holds its connection until the run's stop token fires
 //! (relayed to each task through its own oneshot channel, which is cheap to poll).
+//!
+//! What a task does with its connection is up to the caller of [`Crowd::spawn_with`]: the
+//! WebSocket member here ([`Crowd::spawn`]), or an event-stream reader
+//! ([`super::sse`]); the opening bound, the reports and the stop relay are shared.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +28,7 @@ const REPORT_QUEUE: usize = 1024;
 
 /// A connection task's single report.
 #[derive(Debug)]
-enum Outcome {
+pub enum Outcome {
     /// Joined topic number `topic`.
     Opened { topic: usize, times: Opened },
     /// Failed, with the error's kind.
@@ -39,6 +44,48 @@ pub struct Member<R> {
     pub end: Option<End>,
     /// Whether our close was answered by the server.
     pub closed_clean: bool,
+}
+
+/// What one connection task is handed: who it is, the shared opening gate, where to report,
+/// when to stop, and its receiver.
+#[derive(Debug)]
+pub struct Slot<R> {
+    /// The run.
+    pub ctx: Arc<Ctx>,
+    /// Connection number within the run (source address and endpoint round-robin).
+    pub index: usize,
+    /// Topic number this connection joins.
+    pub topic: usize,
+    /// Bounds how many connections open at the same time (`--concurrency`); hold a permit
+    /// while opening.
+    pub gate: Arc<Semaphore>,
+    /// Where the single open report goes.
+    pub reporter: Reporter,
+    /// Completes when the run stops (its sender is dropped).
+    pub stop: oneshot::Receiver<()>,
+    /// What the connection hands its messages to.
+    pub rx: R,
+}
+
+/// Sends a connection task's single report and keeps the live counters.
+#[derive(Debug)]
+pub struct Reporter {
+    tx: mpsc::Sender<Outcome>,
+    live: Arc<Live>,
+}
+
+impl Reporter {
+    /// The connection opened and joined `topic`.
+    pub async fn opened(self, topic: usize, times: Opened) {
+        Live::add(&self.live.joined, 1);
+        let _ = self.tx.send(Outcome::Opened { topic, times }).await;
+    }
+
+    /// The connection could not be opened; `kind` is its error-count key.
+    pub async fn failed(self, kind: String) {
+        Live::add(&self.live.failed, 1);
+        let _ = self.tx.send(Outcome::Failed(kind)).await;
+    }
 }
 
 /// The open/join figures of a crowd.
@@ -100,8 +147,9 @@ pub struct Crowd<R> {
 }
 
 impl<R: Receiver + Send + 'static> Crowd<R> {
-    /// Spawns one connection task per receiver: task `i` dials with index `first_index + i`,
-    /// joins topic `i % topics.len()` and hands its broadcasts to `receivers[i]`.
+    /// Spawns one WebSocket connection task per receiver: task `i` dials with index
+    /// `first_index + i`, joins topic `(first_index + i) % topics.len()` and hands its
+    /// broadcasts to `receivers[i]`.
     pub fn spawn(
         ctx: &Arc<Ctx>,
         first_index: usize,
@@ -109,13 +157,31 @@ impl<R: Receiver + Send + 'static> Crowd<R> {
         read_buf: usize,
         receivers: Vec<R>,
     ) -> Self {
+        let n = topics.len();
+        Self::spawn_with(ctx, first_index, n, receivers, move |slot| {
+            member(slot, topics.clone(), read_buf)
+        })
+    }
+}
+
+impl<R: Send + 'static> Crowd<R> {
+    /// Spawns `task(slot)` for each receiver: slot `i` has index `first_index + i` and topic
+    /// `(first_index + i) % topics`. Each task must report once through its slot's reporter
+    /// (before holding), hold until its `stop` completes, and close.
+    pub fn spawn_with<F, Fut>(
+        ctx: &Arc<Ctx>,
+        first_index: usize,
+        topics: usize,
+        receivers: Vec<R>,
+        task: F,
+    ) -> Self
+    where
+        F: Fn(Slot<R>) -> Fut,
+        Fut: Future<Output = Member<R>> + Send + 'static,
+    {
+        let topics = topics.max(1);
         let (tx, reports) = mpsc::channel(REPORT_QUEUE);
-        let shared = Arc::new(Shared {
-            ctx: ctx.clone(),
-            topics: topics.clone(),
-            gate: Semaphore::new(ctx.common.concurrency),
-            read_buf,
-        });
+        let gate = Arc::new(Semaphore::new(ctx.common.concurrency));
         let started = Instant::now();
         let mut stoppers = Vec::with_capacity(receivers.len());
         let handles = receivers
@@ -124,9 +190,19 @@ impl<R: Receiver + Send + 'static> Crowd<R> {
             .map(|(i, rx)| {
                 let (stopper, stop) = oneshot::channel::<()>();
                 stoppers.push(stopper);
-                let topic = (first_index + i) % topics.len();
-                let task = member(shared.clone(), first_index + i, topic, tx.clone(), stop, rx);
-                tokio::spawn(task)
+                let index = first_index + i;
+                tokio::spawn(task(Slot {
+                    ctx: ctx.clone(),
+                    index,
+                    topic: index % topics,
+                    gate: gate.clone(),
+                    reporter: Reporter {
+                        tx: tx.clone(),
+                        live: ctx.live.clone(),
+                    },
+                    stop,
+                    rx,
+                }))
             })
             .collect();
         // Dropping the senders completes every member's `stop`: a per-task oneshot is cheap to
@@ -140,7 +216,7 @@ impl<R: Receiver + Send + 'static> Crowd<R> {
             handles,
             reports,
             started,
-            topics: topics.len(),
+            topics,
         }
     }
 
@@ -211,42 +287,36 @@ pub fn open_limit(ctx: &Ctx, n: usize) -> Duration {
     (c.connect_timeout + c.join_timeout) * waves + Duration::from_secs(5)
 }
 
-/// What every connection task of a crowd shares.
-#[derive(Debug)]
-struct Shared {
-    ctx: Arc<Ctx>,
-    topics: Arc<Vec<String>>,
-    /// Bounds how many connections open at the same time (`--concurrency`).
-    gate: Semaphore,
-    read_buf: usize,
-}
-
-/// One connection task: wait for a slot, open and join, report, hold until `stop` completes
-/// (its sender is dropped), close.
+/// One WebSocket connection task: wait for a slot, open and join, report, hold until `stop`
+/// completes (its sender is dropped), close.
 async fn member<R: Receiver>(
-    shared: Arc<Shared>,
-    index: usize,
-    topic: usize,
-    report: mpsc::Sender<Outcome>,
-    mut stop: oneshot::Receiver<()>,
-    mut rx: R,
+    slot: Slot<R>,
+    topics: Arc<Vec<String>>,
+    read_buf: usize,
 ) -> Member<R> {
-    let ctx = &shared.ctx;
+    let Slot {
+        ctx,
+        index,
+        topic,
+        gate,
+        reporter,
+        mut stop,
+        mut rx,
+    } = slot;
     let opened = tokio::select! {
         biased;
         _ = &mut stop => Err(OpenError::Cancelled),
         r = async {
             // The semaphore is never closed, so acquiring only fails if it were.
-            let _slot = shared.gate.acquire().await.map_err(|_| OpenError::Cancelled)?;
-            let dial = ctx.dial(index, shared.read_buf);
-            session::open(dial, &ctx.live, &[&shared.topics[topic]]).await
+            let _slot = gate.acquire().await.map_err(|_| OpenError::Cancelled)?;
+            let dial = ctx.dial(index, read_buf);
+            session::open(dial, &ctx.live, &[&topics[topic]]).await
         } => r,
     };
     let (mut conn, times) = match opened {
         Ok(ok) => ok,
         Err(e) => {
-            Live::add(&ctx.live.failed, 1);
-            let _ = report.send(Outcome::Failed(e.to_string())).await;
+            reporter.failed(e.to_string()).await;
             return Member {
                 rx,
                 end: None,
@@ -254,9 +324,7 @@ async fn member<R: Receiver>(
             };
         }
     };
-    Live::add(&ctx.live.joined, 1);
-    let _ = report.send(Outcome::Opened { topic, times }).await;
-    drop(report);
+    reporter.opened(topic, times).await;
     let end = session::hold(
         &mut conn,
         &mut stop,

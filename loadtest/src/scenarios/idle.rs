@@ -302,12 +302,16 @@ pub async fn run(args: &IdleArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
 }
 
 /// Adds the CPU time between two samples to a running total (`None` once any is missing).
-fn add_cpu(total: Option<Duration>, from: Option<Sample>, to: Option<Sample>) -> Option<Duration> {
+pub(super) fn add_cpu(
+    total: Option<Duration>,
+    from: Option<Sample>,
+    to: Option<Sample>,
+) -> Option<Duration> {
     Some(total? + to?.cpu.saturating_sub(from?.cpu))
 }
 
 /// Bytes per connection, when both are known.
-fn per_conn(growth: Num, conns: u64) -> Num {
+pub(super) fn per_conn(growth: Num, conns: u64) -> Num {
     match growth.as_f64() {
         Some(g) if conns > 0 => Num::Float(g / conns as f64),
         _ => Num::Missing,
@@ -315,7 +319,7 @@ fn per_conn(growth: Num, conns: u64) -> Num {
 }
 
 /// Waits until the server's RSS stops moving (bounded by `limit`) and returns the last sample.
-async fn settle(ctx: &Ctx, limit: Duration) -> Option<Sample> {
+pub(super) async fn settle(ctx: &Ctx, limit: Duration) -> Option<Sample> {
     let procs = ctx.server.as_ref()?;
     let start = Instant::now();
     let mut history: Vec<(Duration, u64)> = Vec::new();

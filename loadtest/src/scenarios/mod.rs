@@ -3,9 +3,12 @@
 //! A scenario is one file with `async fn run(&Args, Arc<Ctx>) -> Result<Report>`: it opens a
 //! [`crowd`] of connections, drives the run, and fills a [`Report`]. Adding one means a file
 //! here, a variant in [`crate::args::Scenario`] and an arm in [`run`]. The building blocks
-//! beside the scenarios: [`crowd`] (many connections, bounded opening), [`publisher`] (paced
+//! beside the scenarios: [`crowd`] (many connections, bounded opening; WebSocket members or
+//! any other kind of task, such as [`sse`]'s event-stream readers), [`publisher`] (paced
 //! kind-3 broadcasts), [`inserter`] (paced rows inserted into Postgres), [`subscriber`]
 //! (latency, duplicates and order per connection), [`Window`] (the measured stretch of a run).
+//! [`terminal`] stands apart: a handful of terminal connections (and a PTY agent) timed one
+//! keystroke or one output frame at a time.
 
 pub mod crowd;
 pub mod fanout;
@@ -13,7 +16,9 @@ pub mod idle;
 pub mod inserter;
 pub mod pg_feed;
 pub mod publisher;
+pub mod sse;
 pub mod subscriber;
+pub mod terminal;
 #[cfg(test)]
 mod tests;
 
@@ -155,7 +160,10 @@ impl Ctx {
 pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
     clock::init();
     let role = match &scenario {
-        Scenario::PgFeed(_) => token::SERVICE_ROLE,
+        // sse: the publishers' role (chat topics take `token` events from the service role
+        // only); its streams mint their own ordinary-user token.
+        // terminal: the host's role, which may also drive any terminal.
+        Scenario::PgFeed(_) | Scenario::Sse(_) | Scenario::Terminal(_) => token::SERVICE_ROLE,
         Scenario::Idle(_) | Scenario::Fanout(_) => token::AUTHENTICATED,
     };
     let ctx = Ctx::new(scenario.common(), scenario.sockets(), role)?;
@@ -171,6 +179,8 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::Idle(a) => idle::run(a, ctx.clone()).await?,
         Scenario::Fanout(a) => fanout::run(a, ctx.clone()).await?,
         Scenario::PgFeed(a) => pg_feed::run(a, ctx.clone()).await?,
+        Scenario::Sse(a) => sse::run(a, ctx.clone()).await?,
+        Scenario::Terminal(a) => terminal::run(a, ctx.clone()).await?,
     };
     if let Scenario::Idle(IdleArgs { spread, .. }) | Scenario::Fanout(FanoutArgs { spread, .. }) =
         &scenario

@@ -22,7 +22,7 @@ use crate::payload::{self, Stamp};
 use crate::phoenix;
 use crate::{args, clock};
 
-/// How often the pacing loop wakes.
+/// How often the pacing loop wakes, unless the plan says otherwise ([`Plan::with_tick`]).
 const TICK: Duration = Duration::from_millis(1);
 
 /// Most bytes written per tick when catching up, so a long stall does not build one huge
@@ -34,6 +34,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How far past `--duration` publishing may run (catching up) before it stops regardless.
 const OVERRUN: Duration = Duration::from_secs(10);
+
+/// The shape of a published payload (both carry the send time and sequence number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// fanout's `{"t":…,"s":…,"p":"xx…"}` ([`payload::build`]).
+    Flat,
+    /// A chat token `{"text":"~<s>.<t>|xx…"}` ([`payload::build_text`]): exactly one `text`
+    /// field, so the hub merges the deltas of a reader that falls behind.
+    ChatText,
+}
 
 /// What to publish.
 #[derive(Debug, Clone)]
@@ -50,6 +60,10 @@ pub struct Plan {
     pub event: String,
     /// Planned publishing time.
     pub duration: Duration,
+    /// Payload shape.
+    pub body: Body,
+    /// How often the pacing loop wakes and writes what is due.
+    pub tick: Duration,
 }
 
 impl Plan {
@@ -68,7 +82,24 @@ impl Plan {
             size,
             event: event.to_owned(),
             duration,
+            body: Body::Flat,
+            tick: TICK,
         }
+    }
+
+    /// The same plan waking every `tick` (at least 1 ms). A coarser tick writes more messages
+    /// per system call (on the publisher and on the server's read side) at the price of
+    /// sending each up to `tick` after it was due; latency is unaffected, as every payload is
+    /// stamped right before its write.
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick.max(TICK);
+        self
+    }
+
+    /// The same plan with payloads of shape `body`.
+    pub fn with_body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
     }
 
     /// Messages topic `k` gets.
@@ -129,7 +160,7 @@ pub async fn publish(
         error: None,
     };
     let join_refs: Vec<String> = (1..=plan.topics.len()).map(|k| k.to_string()).collect();
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(plan.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut body = Vec::with_capacity(plan.size + 64);
@@ -150,7 +181,11 @@ pub async fn publish(
                 let before = out.sent;
                 while out.sent < due && conn.queued() < MAX_BATCH_BYTES {
                     let (k, seq) = plan.slot(out.sent);
-                    payload::build(&mut body, Stamp { t: clock::now_ns(), s: seq }, plan.size);
+                    let stamp = Stamp { t: clock::now_ns(), s: seq };
+                    match plan.body {
+                        Body::Flat => payload::build(&mut body, stamp, plan.size),
+                        Body::ChatText => payload::build_text(&mut body, stamp, plan.size),
+                    }
                     msg_ref.clear();
                     let _ = write!(msg_ref, "{next_ref}");
                     next_ref += 1;

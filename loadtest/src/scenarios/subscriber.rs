@@ -144,6 +144,21 @@ impl Subscriber {
         self.received - self.duplicates - self.unexpected
     }
 
+    /// Counts one message received in the current read (see [`Receiver::batch_start`]) with the
+    /// stamp found in it, or `None` when it had none (counted as unexpected). Transports other
+    /// than WebSocket binary frames (server-sent events) find the stamps themselves and hand
+    /// them in here.
+    pub fn stamped(&mut self, stamp: Option<payload::Stamp>) {
+        let now = self.batch_ns;
+        self.last_rx_ns = now;
+        self.received += 1;
+        self.unflushed += 1;
+        match stamp {
+            Some(st) => self.book(st.t, st.s, now),
+            None => self.unexpected += 1,
+        }
+    }
+
     /// Books one broadcast payload stamped `(t, s)` that arrived at `now_ns`.
     fn book(&mut self, t: u64, s: u64, now_ns: u64) {
         let us = (now_ns.saturating_sub(t) / 1000).min(u64::from(u32::MAX)) as u32;
@@ -177,7 +192,6 @@ impl Receiver for Subscriber {
     }
 
     fn binary(&mut self, data: &[u8]) {
-        let now = self.batch_ns;
         let frame = decode_user_broadcast(data)
             .ok()
             .filter(|b| b.topic == &*self.topic);
@@ -190,13 +204,7 @@ impl Receiver for Subscriber {
                 return;
             }
         };
-        self.last_rx_ns = now;
-        self.received += 1;
-        self.unflushed += 1;
-        match stamp {
-            Some(st) => self.book(st.t, st.s, now),
-            None => self.unexpected += 1,
-        }
+        self.stamped(stamp);
     }
 
     fn batch_done(&mut self, live: &Live) {

@@ -1,12 +1,15 @@
 //! End-to-end runs of the scenarios against a tiny in-process stand-in for the hub: it speaks
 //! just enough of the protocol (upgrade, join reply, heartbeat reply, kind-3 in → kind-4 out to
-//! the other members, close) to check that the scenarios wire everything together and count
-//! right. The real hub is exercised by running the binary (see the crate docs).
+//! the other members, close; `GET /v1/sse/…` streams with a `retry:` preamble and one event per
+//! broadcast) to check that the scenarios wire everything together and count right. The real
+//! hub is exercised by running the binary (see the crate docs).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use channels::Payload;
 use channels::codec::binary::{decode_user_broadcast_push, encode_user_broadcast};
 use channels::codec::{Body, v2};
 use channels::ws_frame::{self, Opcode, Role};
@@ -14,12 +17,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::{fanout, idle, run};
+use super::{fanout, idle, run, sse};
 use crate::args::{Cli, Scenario};
 use crate::report::Num;
 use clap::Parser as _;
 
-type Members = Arc<Mutex<HashMap<String, Vec<(usize, mpsc::UnboundedSender<Vec<u8>>)>>>>;
+/// Members by wire topic: connection id, whether it is an event stream, its writer.
+type Members = Arc<Mutex<HashMap<String, Vec<(usize, bool, mpsc::UnboundedSender<Vec<u8>>)>>>>;
+
+/// Event ids of the stand-in's streams: one counter for all topics, so they increase per topic.
+static NEXT_EVENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Starts the stand-in and returns its address.
 async fn fake_hub() -> SocketAddr {
@@ -50,6 +57,9 @@ async fn serve(mut s: TcpStream, id: usize, members: Members) {
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    if head.starts_with("GET /v1/sse/") {
+        return serve_stream(s, id, &head, members).await;
+    }
     let key = head
         .lines()
         .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
@@ -88,7 +98,7 @@ async fn serve(mut s: TcpStream, id: usize, members: Members) {
                             .unwrap()
                             .entry(m.topic.clone())
                             .or_default()
-                            .push((id, tx.clone()));
+                            .push((id, false, tx.clone()));
                     }
                     let reply = format!(
                         r#"[{jr},{r},"{}","phx_reply",{{"status":"ok","response":{{}}}}]"#,
@@ -106,9 +116,18 @@ async fn serve(mut s: TcpStream, id: usize, members: Members) {
                             .unwrap();
                     let mut framed = Vec::new();
                     ws_frame::write_frame(&mut framed, Opcode::Binary, &out, None);
-                    for (other, to) in members.lock().unwrap().get(&m.topic).into_iter().flatten() {
+                    let Payload::Json(json) = &payload else {
+                        panic!("the load test publishes JSON");
+                    };
+                    let n = NEXT_EVENT_ID.fetch_add(1, Ordering::Relaxed);
+                    let mut event = format!("id: e:{n}\nevent: {event}\ndata: ").into_bytes();
+                    event.extend_from_slice(json);
+                    event.extend_from_slice(b"\n\n");
+                    for (other, sse, to) in
+                        members.lock().unwrap().get(&m.topic).into_iter().flatten()
+                    {
                         if *other != id {
-                            let _ = to.send(framed.clone());
+                            let _ = to.send(if *sse { event.clone() } else { framed.clone() });
                         }
                     }
                 }
@@ -125,6 +144,40 @@ async fn serve(mut s: TcpStream, id: usize, members: Members) {
             return;
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An event stream: 200, the preamble, then one event per broadcast on its topic until the
+/// reader closes.
+async fn serve_stream(mut s: TcpStream, id: usize, head: &str, members: Members) {
+    let path = head.split(' ').nth(1).unwrap_or("");
+    let name = path
+        .trim_start_matches("/v1/sse/")
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .replace("%3A", ":");
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    members
+        .lock()
+        .unwrap()
+        .entry(format!("realtime:{name}"))
+        .or_default()
+        .push((id, true, tx));
+    let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\nretry: 2000\n\n";
+    if s.write_all(head).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    loop {
+        tokio::select! {
+            n = s.read(&mut sink) => if n.unwrap_or(0) == 0 {
+                return; // the reader closed: close too
+            },
+            Some(b) = rx.recv() => if s.write_all(&b).await.is_err() {
+                return;
+            },
+        }
     }
 }
 
@@ -231,4 +284,112 @@ async fn a_refused_server_is_reported_not_hung() {
     let r = run(sc).await.unwrap();
     assert!(!r.passed());
     assert_eq!(r.to_json()["errors"]["connection refused"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_chat_fanout_delivers_every_token_once_and_in_order() {
+    let addr = fake_hub().await;
+    let args = [
+        "sse",
+        "--conns",
+        "20",
+        "--topics",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--grace",
+        "2s",
+        "--src-ips",
+        "127.0.0.1-127.0.0.2",
+        "--expect-delivered",
+        "1",
+        "--expect-duplicates",
+        "0",
+        "--expect-in-order",
+    ];
+    let sc = scenario(addr, &args);
+    let Scenario::Sse(a) = &sc else {
+        unreachable!()
+    };
+    let ctx = super::Ctx::new(&a.common, sc.sockets(), crate::token::SERVICE_ROLE).unwrap();
+    let r = sse::run(a, ctx).await.unwrap();
+    assert_eq!(int(&r, "streams_opened"), 20, "{}", r.table());
+    assert_eq!(int(&r, "publishers"), 1);
+    assert_eq!(int(&r, "events_sent"), 200);
+    // 100 tokens per topic, 10 streams per topic.
+    assert_eq!(int(&r, "expected"), 2000);
+    assert_eq!(int(&r, "delivered"), 2000, "{}", r.table());
+    assert_eq!(int(&r, "events"), 2000);
+    assert_eq!(int(&r, "id_regressions"), 0);
+    assert_eq!(int(&r, "unexpected"), 0);
+    assert_eq!(int(&r, "closed_clean"), 21);
+    assert!(r.passed(), "{}", r.table());
+    assert_eq!(r.to_json()["latency"]["publish_receive"]["count"], 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_topics_mode_spreads_topics_over_publishers() {
+    let addr = fake_hub().await;
+    let sc = scenario(
+        addr,
+        &[
+            "sse",
+            "--mode",
+            "topics",
+            "--kind",
+            "room",
+            "--conns",
+            "6",
+            "--channels-per-publisher",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+            "--auth",
+            "header",
+            "--expect-delivered",
+            "1",
+        ],
+    );
+    let Scenario::Sse(a) = &sc else {
+        unreachable!()
+    };
+    assert_eq!(sc.sockets(), 9);
+    let ctx = super::Ctx::new(&a.common, sc.sockets(), crate::token::SERVICE_ROLE).unwrap();
+    let r = sse::run(a, ctx).await.unwrap();
+    assert_eq!(int(&r, "publishers"), 3, "{}", r.table());
+    assert_eq!(int(&r, "expected"), 120);
+    assert_eq!(int(&r, "delivered"), 120, "{}", r.table());
+    assert!(r.passed(), "{}", r.table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_idle_opens_holds_and_closes() {
+    let addr = fake_hub().await;
+    let sc = scenario(
+        addr,
+        &[
+            "sse",
+            "--mode",
+            "idle",
+            "--conns",
+            "30",
+            "--duration",
+            "200ms",
+            "--expect-delivered",
+            "1",
+        ],
+    );
+    let Scenario::Sse(a) = &sc else {
+        unreachable!()
+    };
+    let ctx = super::Ctx::new(&a.common, sc.sockets(), crate::token::SERVICE_ROLE).unwrap();
+    let r = sse::run(a, ctx).await.unwrap();
+    assert_eq!(int(&r, "streams_opened"), 30, "{}", r.table());
+    assert_eq!(int(&r, "streams_open_at_end"), 30);
+    assert_eq!(int(&r, "closed_clean"), 30);
+    assert!(r.passed(), "{}", r.table());
 }
