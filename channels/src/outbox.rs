@@ -341,6 +341,27 @@ impl Outbox {
         self.inner.limits.max_frames
     }
 
+    /// Bytes queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Whether `n` more bytes in one frame fit below half of both bounds: producers that can
+    /// skip ahead instead of queueing (terminal output, which viewers can resync from the
+    /// scrollback) check this and never overflow.
+    pub fn has_room_for(&self, n: usize) -> bool {
+        let st = self.lock();
+        st.frames.len() < self.inner.limits.max_frames / 2
+            && st.bytes + n <= self.inner.limits.max_bytes / 2
+    }
+
+    /// Whether the queue is below an eighth of its byte bound (room to resync a terminal).
+    pub fn is_draining(&self) -> bool {
+        let st = self.lock();
+        st.bytes <= self.inner.limits.max_bytes / 8
+            && st.frames.len() < self.inner.limits.max_frames / 8
+    }
+
     /// Number of frames queued (for tests and metrics).
     pub fn len(&self) -> usize {
         self.lock().frames.len()

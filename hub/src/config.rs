@@ -65,7 +65,7 @@ pub struct Config {
     pub terminal_idle_free: Duration,
 
     /// Input frames one terminal viewer may send per second (bursts up to this many).
-    #[arg(long, env = "HUB_TERMINAL_INPUT_PER_SEC", default_value_t = 1000)]
+    #[arg(long, env = "HUB_TERMINAL_INPUT_PER_SEC", default_value_t = 10_000)]
     pub terminal_input_per_sec: u32,
 
     /// Largest terminal frame (input, output or control), in bytes.

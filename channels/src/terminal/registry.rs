@@ -137,6 +137,51 @@ struct Viewer {
     sub: String,
     may_drive: bool,
     outbox: Outbox,
+    /// Offset just past the last output byte queued to this viewer.
+    sent: u64,
+}
+
+impl Viewer {
+    /// Queues output `fresh` (ending at `end`), or, for a viewer whose queue is filling (a
+    /// reader slower than the host), skips it: once its queue drains (checked on the next output
+    /// and after each write of its connection, see [`Terminals::resync`]), the viewer is sent
+    /// what it missed from the scrollback (or, if the window moved past it, a `snapshot` notice and the
+    /// window). A slow viewer therefore never overflows, is never disconnected, and never slows
+    /// the host or the other viewers (DESIGN §3: "a snapshot + live tail").
+    fn send_output(&mut self, scrollback: &Scrollback, fresh: &Bytes, end: u64) {
+        let start = end - fresh.len() as u64;
+        if self.sent == start {
+            if self.outbox.has_room_for(fresh.len()) {
+                self.outbox.push(OutFrame::Binary(fresh.clone()));
+                self.sent = end;
+            }
+            return;
+        }
+        self.resync(scrollback);
+    }
+
+    /// Sends a viewer that skipped output what it missed, if its queue has drained: as much as
+    /// fits below half its bounds now, the rest after its next write.
+    fn resync(&mut self, scrollback: &Scrollback) {
+        if self.sent == scrollback.end() || !self.outbox.is_draining() {
+            return;
+        }
+        let catch_up = scrollback.since(Some(self.sent));
+        let mut at = catch_up.cursor - catch_up.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+        if !catch_up.continuous {
+            self.outbox.push(OutFrame::Text(Bytes::from(
+                ServerMsg::Snapshot { cursor: at }.to_text(),
+            )));
+        }
+        for chunk in catch_up.chunks {
+            if !self.outbox.has_room_for(chunk.len()) {
+                break;
+            }
+            at += chunk.len() as u64;
+            self.outbox.push(OutFrame::Binary(chunk));
+        }
+        self.sent = at;
+    }
 }
 
 /// Authority state: only on the node holding the host connection.
@@ -495,6 +540,7 @@ impl Terminals {
         for chunk in catch_up.chunks {
             outbox.push(OutFrame::Binary(chunk));
         }
+        let sent = catch_up.cursor;
         let drives = t
             .driver
             .as_ref()
@@ -504,6 +550,7 @@ impl Terminals {
             sub: sub.to_owned(),
             may_drive,
             outbox,
+            sent,
         });
         drop(t);
         self.track(id, conn, sub, "viewer", drives);
@@ -540,6 +587,23 @@ impl Terminals {
             vec![Relay::json(id, "ask", json!({"r": me, "ask": "left"}))]
         } else {
             Vec::new()
+        }
+    }
+
+    /// After local viewer `conn`'s connection wrote what was queued: if it skipped output while
+    /// it was behind, queue what it missed (see `Viewer::send_output`).
+    pub fn resync(&self, id: &str, conn: ConnId) {
+        let Some(term) = self.existing(id) else {
+            return;
+        };
+        let mut t = lock(&term);
+        let Term {
+            viewers,
+            scrollback,
+            ..
+        } = &mut *t;
+        if let Some(v) = viewers.iter_mut().find(|v| v.conn == conn) {
+            v.resync(scrollback);
         }
     }
 
@@ -684,9 +748,14 @@ impl Terminals {
                 }
                 let at = u64::from_be_bytes(b[..8].try_into().unwrap_or([0; 8]));
                 if let Some(fresh) = t.scrollback.push_at(at, b.slice(8..)) {
-                    let frame = OutFrame::Binary(fresh);
-                    for v in &t.viewers {
-                        v.outbox.push(frame.clone());
+                    let end = t.scrollback.end();
+                    let Term {
+                        viewers,
+                        scrollback,
+                        ..
+                    } = t;
+                    for v in viewers.iter_mut() {
+                        v.send_output(scrollback, &fresh, end);
                     }
                 }
             }

@@ -81,6 +81,12 @@ pub enum ServerMsg {
         /// Rows.
         rows: u16,
     },
+    /// The viewer fell behind by more than the scrollback holds: the output that follows starts
+    /// at `cursor`, not where the viewer was (redraw from here).
+    Snapshot {
+        /// Offset of the next output byte.
+        cursor: u64,
+    },
     /// The host went away: input is refused until it is back.
     HostDisconnected,
     /// The host is (back) connected.

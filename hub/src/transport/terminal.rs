@@ -346,6 +346,10 @@ impl Conn {
             rbuf.drain(..pos);
             if !wbuf.is_empty() {
                 stream_write(stream, &mut wbuf).await?;
+                if matches!(self.side, Side::Viewer { .. }) {
+                    // A viewer that skipped output while behind catches up once drained.
+                    self.state.node.terminals.resync(&self.id, conn_id);
+                }
             }
             tokio::select! {
                 r = stream.readable() => {

@@ -15,8 +15,12 @@ struct Bus {
 
 impl Bus {
     fn new(n: usize) -> Self {
+        Self::with_config(n, TerminalConfig::default())
+    }
+
+    fn with_config(n: usize, config: TerminalConfig) -> Self {
         let nodes: Vec<Terminals> = (0..n)
-            .map(|_| Terminals::new(TerminalConfig::default(), Weak::new()))
+            .map(|_| Terminals::new(config, Weak::new()))
             .collect();
         let rxs = nodes.iter().map(|t| t.take_jobs().unwrap()).collect();
         Self {
@@ -362,4 +366,79 @@ fn an_unchanged_size_is_not_repeated_to_viewers() {
         texts(&frames(&v)).iter().all(|m| m["type"] != "resize"),
         "no resize for an unchanged size"
     );
+}
+
+fn small_outbox() -> Outbox {
+    Outbox::new(OutboxLimits {
+        max_frames: 64,
+        max_bytes: 1000,
+    })
+}
+
+#[test]
+fn a_slow_viewer_skips_ahead_instead_of_overflowing_then_catches_up_exactly() {
+    let mut bus = Bus::new(1);
+    let _host = bus.host(0, "t", 1);
+    bus.open(0, "t");
+    let slow = small_outbox();
+    bus.nodes[0]
+        .attach_viewer("t", 2, "u", true, None, slow.clone())
+        .unwrap();
+    let fast = bus.viewer(0, "t", 3, "w", true);
+    let mut all = Vec::new();
+    for k in 0..10u8 {
+        let chunk = vec![k; 200];
+        all.extend_from_slice(&chunk);
+        bus.output(0, "t", 1, &chunk);
+    }
+    assert!(!slow.is_closed(), "a slow viewer is never disconnected");
+    assert_eq!(bytes(&frames(&fast)), all, "the others are not held back");
+    let first = frames(&slow);
+    let mut got = bytes(&first);
+    assert!(
+        got.len() < all.len(),
+        "the slow viewer skipped while its queue was full"
+    );
+    // Its connection wrote everything: it catches up from the scrollback, exactly.
+    // Each write of its connection lets it catch up a little more, within its bounds.
+    for _ in 0..10 {
+        bus.nodes[0].resync("t", 2);
+        got.extend(bytes(&frames(&slow)));
+    }
+    assert!(!slow.is_closed());
+    assert_eq!(got, all, "every byte once, in order");
+}
+
+#[test]
+fn a_viewer_behind_the_window_gets_a_snapshot_notice_then_the_window() {
+    let mut bus = Bus::with_config(
+        1,
+        TerminalConfig {
+            scrollback: 600,
+            ..TerminalConfig::default()
+        },
+    );
+    let _host = bus.host(0, "t", 1);
+    bus.open(0, "t");
+    let slow = small_outbox();
+    bus.nodes[0]
+        .attach_viewer("t", 2, "u", true, None, slow.clone())
+        .unwrap();
+    for k in 0..10u8 {
+        bus.output(0, "t", 1, &[k; 200]);
+    }
+    frames(&slow);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        bus.nodes[0].resync("t", 2);
+        got.extend(frames(&slow));
+    }
+    assert!(!slow.is_closed());
+    let notice = texts(&got);
+    assert_eq!(notice[0]["type"], "snapshot");
+    assert_eq!(notice[0]["cursor"], 1400, "the window starts at 2000 - 600");
+    let window = bytes(&got);
+    assert_eq!(window.len(), 600);
+    assert_eq!(&window[..200], &[7u8; 200][..]);
+    assert_eq!(&window[400..], &[9u8; 200][..]);
 }
