@@ -215,6 +215,8 @@ struct Term {
     loading: Option<Load>,
     /// Whether this node's view is current (history read, subscribed).
     loaded: bool,
+    /// Woken when loading finishes (connections that arrived meanwhile wait on it).
+    loaded_notify: Arc<tokio::sync::Notify>,
     empty_since: Option<Instant>,
 }
 
@@ -230,6 +232,7 @@ impl Term {
             local: 0,
             loading: None,
             loaded: false,
+            loaded_notify: Arc::new(tokio::sync::Notify::new()),
             empty_since: None,
         }
     }
@@ -395,6 +398,23 @@ impl Terminals {
         self.existing(id).is_some_and(|t| lock(&t).loaded)
     }
 
+    /// Waits until another connection finished loading `id` (see [`Terminals::open`]), at most
+    /// `limit`; returns whether it did.
+    pub async fn wait_loaded(&self, id: &str, limit: Duration) -> bool {
+        let Some(term) = self.existing(id) else {
+            return false;
+        };
+        let notify = lock(&term).loaded_notify.clone();
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before checking, so a finish between the check and the wait is not missed.
+        notified.as_mut().enable();
+        if lock(&term).loaded {
+            return true;
+        }
+        tokio::time::timeout(limit, notified).await.is_ok()
+    }
+
     /// Applies relay messages read from history (oldest first) while loading.
     pub fn load_history(&self, id: &str, messages: &[Arc<Envelope>]) -> Vec<Relay> {
         let term = self.term(id);
@@ -418,6 +438,7 @@ impl Terminals {
             }
         }
         t.loaded = true;
+        t.loaded_notify.notify_waiters();
         out.push(Relay::json(id, "hello", json!({})));
         out
     }

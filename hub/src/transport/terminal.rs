@@ -251,9 +251,8 @@ impl Conn {
     async fn load(&self, _conn: channels::ConnId) {
         let node = &self.state.node;
         if !node.terminals.open(&self.id) {
-            let deadline = tokio::time::Instant::now() + LOAD_TIMEOUT;
-            while !node.terminals.is_loaded(&self.id) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            if !node.terminals.wait_loaded(&self.id, LOAD_TIMEOUT).await {
+                tracing::warn!(terminal = %self.id, "another connection's load of the terminal did not finish in time");
             }
             return;
         }

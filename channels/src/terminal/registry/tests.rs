@@ -442,3 +442,25 @@ fn a_viewer_behind_the_window_gets_a_snapshot_notice_then_the_window() {
     assert_eq!(&window[..200], &[7u8; 200][..]);
     assert_eq!(&window[400..], &[9u8; 200][..]);
 }
+
+#[tokio::test]
+async fn a_second_connection_waits_for_the_first_ones_load() {
+    let ts = Arc::new(Terminals::new(TerminalConfig::default(), Weak::new()));
+    assert!(ts.open("t"), "the first connection loads");
+    assert!(!ts.open("t"), "the second waits");
+    let waiter = {
+        let ts = ts.clone();
+        tokio::spawn(async move { ts.wait_loaded("t", Duration::from_secs(5)).await })
+    };
+    tokio::task::yield_now().await;
+    ts.finish_load("t");
+    let done = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("timed out waiting for the waiter to see the load finish")
+        .expect("the waiter task");
+    assert!(done, "woken by the finished load, within the limit");
+    assert!(
+        ts.wait_loaded("t", Duration::from_millis(1)).await,
+        "already loaded"
+    );
+}
