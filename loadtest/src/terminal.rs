@@ -47,6 +47,8 @@ pub enum Text {
     HostConnected,
     /// The host went away.
     HostDisconnected,
+    /// The viewer fell behind by more than the scrollback: output continues at this offset.
+    Snapshot(u64),
     /// A refused input or request.
     Error(String),
     /// Anything else (`control`, `resize`, `pong`, a type this client does not know).
@@ -81,6 +83,9 @@ impl Text {
             }),
             Some("host_connected") => Self::HostConnected,
             Some("host_disconnected") => Self::HostDisconnected,
+            Some("snapshot") => {
+                Self::Snapshot(v.get("cursor").and_then(Value::as_u64).unwrap_or(0))
+            }
             Some("error") => Self::Error(
                 v.get("message")
                     .and_then(Value::as_str)
@@ -290,6 +295,10 @@ mod tests {
                 continuous: true,
                 host: false
             })
+        );
+        assert_eq!(
+            Text::parse(br#"{"type":"snapshot","cursor":1400}"#),
+            Text::Snapshot(1400)
         );
         assert_eq!(
             Text::parse(br#"{"type":"host_connected"}"#),

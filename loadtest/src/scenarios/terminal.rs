@@ -464,6 +464,9 @@ struct ViewerEnd {
     reconnects: u32,
     /// A resume the scrollback no longer covered (bytes lost).
     gap: bool,
+    /// Bytes the hub skipped for this slow viewer (`snapshot` notices: it resyncs from the
+    /// scrollback instead of being disconnected); what follows is still checked at its offset.
+    skipped: u64,
     /// It received every byte the host wrote.
     complete: bool,
     /// When its last output byte arrived.
@@ -597,11 +600,17 @@ async fn read_output(job: ViewerJob, mut conn: WsConn, mut offset: u64) -> Viewe
                     offset += p.len() as u64;
                     v.bytes += p.len() as u64;
                 }
-                Some((Opcode::Text, t)) => {
-                    if let Text::Error(m) = Text::parse(t) {
-                        v.error(format!("error message: {m}"));
+                Some((Opcode::Text, t)) => match Text::parse(t) {
+                    Text::Error(m) => v.error(format!("error message: {m}")),
+                    Text::Snapshot(cursor) if cursor >= offset => {
+                        v.skipped += cursor - offset;
+                        offset = cursor;
                     }
-                }
+                    Text::Snapshot(cursor) => {
+                        v.error(format!("snapshot back to {cursor} from {offset}"));
+                    }
+                    _ => {}
+                },
                 Some((Opcode::Close, p)) => {
                     closed = Some(terminal::close_code(p));
                     break;
@@ -637,7 +646,7 @@ async fn read_output(job: ViewerJob, mut conn: WsConn, mut offset: u64) -> Viewe
             continue;
         }
         if end.borrow().is_some_and(|e| offset >= e) {
-            v.complete = verifying;
+            v.complete = verifying && v.skipped == 0;
             break;
         }
         tokio::select! {
@@ -811,6 +820,8 @@ async fn output(
     let complete = ends.iter().filter(|v| v.complete).count() as u64;
     let mismatched = ends.iter().filter(|v| v.mismatch_at.is_some()).count() as u64;
     let gaps = ends.iter().filter(|v| v.gap).count() as u64;
+    let skipped: u64 = ends.iter().map(|v| v.skipped).sum();
+    let skipping = ends.iter().filter(|v| v.skipped > 0).count() as u64;
     let reconnects: u64 = ends.iter().map(|v| u64::from(v.reconnects)).sum();
     let reads: u64 = ends.iter().map(|v| v.reads).sum();
     let span = window.drain_s();
@@ -874,6 +885,18 @@ async fn output(
         "viewers that lost bytes (gap)",
         Num::Int(gaps),
         "",
+    );
+    r.figure(
+        "skipping_viewers",
+        "viewers that skipped ahead (snapshot)",
+        Num::Int(skipping),
+        "",
+    );
+    r.figure(
+        "skipped_bytes",
+        "bytes skipped for slow viewers",
+        Num::Int(skipped),
+        "bytes",
     );
     r.figure(
         "reconnects",
