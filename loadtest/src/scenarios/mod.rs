@@ -299,6 +299,73 @@ impl Window {
         }
     }
 
+    /// The delivery figures every publish-and-receive scenario reports: `unique` deliveries,
+    /// the last received at `last_rx_ns` (on [`clock`]), counted in `units` (per second, per
+    /// CPU-second: `("msgs/s", "msgs/cpu-s")`). Returns deliveries per server CPU-second.
+    pub fn report_delivery(
+        &self,
+        r: &mut Report,
+        unique: u64,
+        last_rx_ns: u64,
+        units: (&'static str, &'static str),
+    ) -> Num {
+        let delivery_s = match self.start_ns {
+            Some(s) if last_rx_ns > s => Some((last_rx_ns - s) as f64 / 1e9),
+            _ => None,
+        };
+        r.figure(
+            "delivery_s",
+            "first publish to last delivery",
+            delivery_s.map_or(Num::Missing, Num::Float),
+            "s",
+        );
+        r.figure(
+            "deliveries_per_s",
+            "deliveries per second",
+            delivery_s.map_or(Num::Missing, |d| Num::float(unique as f64 / d)),
+            units.0,
+        );
+        let cpu = self.server_cpu();
+        r.figure("server_cpu_s", "server CPU, publish to drain", cpu, "s");
+        r.figure(
+            "server_cpu_pct",
+            "server CPU utilisation then",
+            match (cpu.as_f64(), self.drain_s()) {
+                (Some(c), Some(d)) => Num::float(c / d * 100.0),
+                _ => Num::Missing,
+            },
+            "%",
+        );
+        r.figure(
+            "server_cpu_publish_s",
+            "server CPU while publishing",
+            cpu_delta(self.cpu_start, self.cpu_publish_end),
+            "s",
+        );
+        let per_cpu = cpu
+            .as_f64()
+            .map_or(Num::Missing, |c| Num::float(unique as f64 / c));
+        r.figure(
+            "deliveries_per_cpu_s",
+            "deliveries per server CPU-second",
+            per_cpu,
+            units.1,
+        );
+        r.figure(
+            "client_cpu_window_s",
+            "loadtest CPU, publish to drain",
+            self.own_cpu(),
+            "s",
+        );
+        r.figure(
+            "other_cpu_s",
+            "other processes' CPU then",
+            self.other_cpu(),
+            "s",
+        );
+        per_cpu
+    }
+
     /// CPU seconds other processes used during the window: the machine's busy time minus the
     /// server's and ours. Large values mean the figures were taken on a busy machine (or, for
     /// pg-feed, include the database's work).

@@ -873,60 +873,8 @@ async fn stream(args: &SseArgs, ctx: &Arc<Ctx>, setup: &Setup) -> anyhow::Result
         .reduce(f64::max)
         .map_or(Num::Missing, Num::Float);
     r.figure("publish_s", "publishing took", publish_s, "s");
-    let delivery_s = match window.start_ns {
-        Some(s) if t.last_rx_ns > s => Some((t.last_rx_ns - s) as f64 / 1e9),
-        _ => None,
-    };
-    r.figure(
-        "delivery_s",
-        "first publish to last delivery",
-        delivery_s.map_or(Num::Missing, Num::Float),
-        "s",
-    );
-    r.figure(
-        "deliveries_per_s",
-        "deliveries per second",
-        delivery_s.map_or(Num::Missing, |d| Num::float(t.unique as f64 / d)),
-        "events/s",
-    );
-    let cpu = window.server_cpu();
-    r.figure("server_cpu_s", "server CPU, publish to drain", cpu, "s");
-    r.figure(
-        "server_cpu_pct",
-        "server CPU utilisation then",
-        match (cpu.as_f64(), window.drain_s()) {
-            (Some(c), Some(d)) => Num::float(c / d * 100.0),
-            _ => Num::Missing,
-        },
-        "%",
-    );
-    r.figure(
-        "server_cpu_publish_s",
-        "server CPU while publishing",
-        cpu_delta(window.cpu_start, window.cpu_publish_end),
-        "s",
-    );
-    let per_cpu = cpu
-        .as_f64()
-        .map_or(Num::Missing, |c| Num::float(t.unique as f64 / c));
-    r.figure(
-        "deliveries_per_cpu_s",
-        "deliveries per server CPU-second",
-        per_cpu,
-        "events/cpu-s",
-    );
-    r.figure(
-        "client_cpu_window_s",
-        "loadtest CPU, publish to drain",
-        window.own_cpu(),
-        "s",
-    );
-    r.figure(
-        "other_cpu_s",
-        "other processes' CPU then",
-        window.other_cpu(),
-        "s",
-    );
+    let per_cpu =
+        window.report_delivery(&mut r, t.unique, t.last_rx_ns, ("events/s", "events/cpu-s"));
     r.figure(
         "server_rss_start",
         "server RSS at start",
