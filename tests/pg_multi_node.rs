@@ -282,3 +282,47 @@ async fn sql_published_chat_tokens_are_forwarded_once_in_order_across_nodes() {
     .expect("count unclaimed rows");
     assert_eq!(unclaimed, 0, "every row was claimed by the forwarding node");
 }
+
+/// The forwarding leader stops: the other node takes the lock over and forwards what the leader
+/// left unforwarded and everything after, in order. (A starts alone, so it is the leader.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_forwarding_leader_stops_another_node_takes_over() {
+    let db = TestDb::create().await;
+    let redis = tests::redis_backend::TestRedis::file_db(6);
+    let hub_a = TestHub::spawn_pg(&db.url, |c| c.redis_url = Some(redis.url.clone())).await;
+    let leaders = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_locks l join pg_stat_activity a on a.pid = l.pid
+             where l.locktype = 'advisory' and l.granted and a.datname = current_database()",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("count advisory locks")
+    };
+    wait_for("hub A holds the forwarding lock", WAIT, || async {
+        leaders().await == 1
+    })
+    .await;
+    let hub_b = TestHub::spawn_pg(&db.url, |c| c.redis_url = Some(redis.url.clone())).await;
+    let chat = format!("chat:{}", uuid::Uuid::new_v4());
+    let topic = format!("realtime:{chat}");
+    let mut on_b = WsClient::connect(&hub_b, Vsn::V2, &service_token()).await;
+    on_b.join_ok(&topic, json!({})).await;
+    hub_a.shutdown().await;
+
+    for k in 0..20 {
+        sqlx::query("select hub.publish($1, 'token', jsonb_build_object('text', $2::text))")
+            .bind(&chat)
+            .bind(format!("{k},"))
+            .execute(&db.pool)
+            .await
+            .expect("hub.publish of a chat token");
+    }
+    let expected: String = (0..20).map(|k| format!("{k},")).collect();
+    let (text, _) = read_tokens(&mut on_b, &topic, 20, "tokens forwarded by the new leader").await;
+    assert_eq!(
+        text, expected,
+        "every token once, in order, after the leader stopped"
+    );
+    assert_eq!(leaders().await, 1, "hub B holds the lock now");
+}
