@@ -105,21 +105,21 @@ impl Relay {
         }
     }
 
-    /// The publication for the broker.
-    pub fn publication(self) -> crate::broker::Publication {
-        crate::broker::Publication {
-            topic: relay_topic(&self.id),
+    /// The publication for the broker (`None` for an id no topic can carry; the transport
+    /// refuses such ids before any relay exists).
+    pub fn publication(self) -> Option<crate::broker::Publication> {
+        Some(crate::broker::Publication {
+            topic: relay_topic(&self.id)?,
             event: self.event.into(),
             payload: self.payload,
             origin: None,
-        }
+        })
     }
 }
 
-/// The private topic a terminal's nodes relay on.
-pub fn relay_topic(id: &str) -> TopicKey {
-    TopicKey::new(&format!("terminal:{id}"), true)
-        .unwrap_or_else(|_| TopicKey::new("terminal:invalid", true).expect("a valid topic name"))
+/// The private topic a terminal's nodes relay on; `None` when `id` cannot be part of a topic.
+pub fn relay_topic(id: &str) -> Option<TopicKey> {
+    TopicKey::new(&format!("terminal:{id}"), true).ok()
 }
 
 /// The public topic whose presence lists a terminal's host, viewers and driver.

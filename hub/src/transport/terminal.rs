@@ -85,7 +85,7 @@ pub async fn upgrade(
         Ok(p) => p,
         Err(e) => return upgrade_error(StatusCode::UNAUTHORIZED, &e.to_string()),
     };
-    if id.is_empty() || id.len() > 200 {
+    if id.is_empty() || id.len() > 200 || channels::terminal::relay_topic(&id).is_none() {
         return upgrade_error(StatusCode::BAD_REQUEST, "Invalid terminal id");
     }
     let side = match param("role").as_deref() {
@@ -193,7 +193,11 @@ impl Conn {
         let conn_id = node.next_conn_id();
         let outbox = Outbox::new(node.config.outbox);
         node.connections.register(conn_id, &outbox);
-        let relay = channels::terminal::relay_topic(&self.id);
+        // Checked before the upgrade, so this only guards against a changed rule.
+        let Some(relay) = channels::terminal::relay_topic(&self.id) else {
+            node.connections.unregister(conn_id);
+            return;
+        };
         if let Err(e) = node.broker.subscribe(&relay).await {
             tracing::warn!(terminal = %self.id, error = %e, "subscribing to the terminal relay failed");
         }
@@ -256,7 +260,9 @@ impl Conn {
             }
             return;
         }
-        let relay = channels::terminal::relay_topic(&self.id);
+        let Some(relay) = channels::terminal::relay_topic(&self.id) else {
+            return;
+        };
         let mut after = channels::Since::Beginning;
         for _ in 0..LOAD_PAGES {
             let page = match node.broker.read(&relay, &after, LOAD_PAGE).await {
@@ -280,7 +286,10 @@ impl Conn {
 
     async fn publish(&self, relays: Vec<channels::terminal::Relay>) {
         for r in relays {
-            if let Err(e) = self.state.node.broker.publish(r.publication()).await {
+            let Some(publication) = r.publication() else {
+                continue;
+            };
+            if let Err(e) = self.state.node.broker.publish(publication).await {
                 tracing::warn!(terminal = %self.id, error = %e, "publishing on the terminal relay failed");
             }
         }
@@ -473,7 +482,10 @@ pub async fn run_relay(node: std::sync::Arc<channels::Node>) {
     while let Some(job) = jobs.recv().await {
         match job {
             channels::terminal::Job::Relay(r) => {
-                if let Err(e) = node.broker.publish(r.publication()).await {
+                let Some(publication) = r.publication() else {
+                    continue;
+                };
+                if let Err(e) = node.broker.publish(publication).await {
                     tracing::warn!(error = %e, "publishing on a terminal relay failed");
                 }
             }

@@ -35,7 +35,7 @@ impl Bus {
         let mut queue: VecDeque<Relay> = relays.into();
         while let Some(r) = queue.pop_front() {
             let env = Arc::new(Envelope {
-                topic: relay_topic(&r.id),
+                topic: relay_topic(&r.id).unwrap(),
                 event: r.event.into(),
                 payload: r.payload,
                 cursor: Some(Cursor::new("e".into(), self.log.len() as u64 + 1)),
