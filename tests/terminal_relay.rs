@@ -5,8 +5,6 @@
 //! per-user terminal limit, and authorisation. The real PTY host (`hub terminal-agent`) is
 //! tested in `terminal_agent.rs`.
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tests::{TestHub, WAIT, http_client, token};
@@ -317,19 +315,18 @@ async fn authorisation_and_the_per_user_limit() {
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 4029),
         other => panic!("expected a close frame, got {other:?}"),
     }
+    // Once the first is closed a third may open: wait until the hub has let go of it and the
+    // refused one (the detach runs when a connection ends), then open the third.
     drop(t1);
-    // Once the first is closed, a third may open (the hub notices the close asynchronously).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let mut t = connect(&hub, &s3, &format!("access_token={mine}")).await;
-        let m = next_json(&mut t, "the third terminal after closing one").await;
-        if m["type"] == "connected" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the limit never freed a slot: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    drop(t3);
+    let connections = || hub.state.node.connections.len();
+    tests::pg::wait_for(
+        "the hub to end the closed terminal connections (only the second left)",
+        WAIT,
+        || async { connections() == 1 },
+    )
+    .await;
+    let mut t = connect(&hub, &s3, &format!("access_token={mine}")).await;
+    let m = next_json(&mut t, "the third terminal after closing one").await;
+    assert_eq!(m["type"], "connected", "a slot was freed: {m}");
 }

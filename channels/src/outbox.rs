@@ -101,6 +101,22 @@ pub enum CloseReason {
     },
 }
 
+impl CloseReason {
+    /// The `system` notice (status, message) a client is sent before the connection ends for
+    /// this reason; `None` when the close frame's own reason says it all.
+    pub fn notice(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::Slow => Some((
+                "error",
+                "Connection closed: messages were not read fast enough (outbox overflow); \
+                 reconnect and resume from your last cursor",
+            )),
+            Self::Shutdown => Some(("ok", "Server requested disconnect")),
+            Self::Server { .. } => None,
+        }
+    }
+}
+
 /// Bounds of one outbox.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {

@@ -454,20 +454,12 @@ impl Conn {
     }
 
     async fn finish_outbox(&mut self, reason: CloseReason, session: &Session) -> String {
+        if let Some((status, message)) = reason.notice() {
+            self.queue_notices(session, status, message);
+        }
         let stop = match reason {
-            CloseReason::Slow => {
-                self.queue_notices(
-                    session,
-                    "error",
-                    "Connection closed: messages were not read fast enough (outbox overflow); \
-                     reconnect and resume from your last cursor",
-                );
-                Stop::Protocol(4008, "slow reader: outbox overflow".into())
-            }
-            CloseReason::Shutdown => {
-                self.queue_notices(session, "ok", "Server requested disconnect");
-                Stop::Protocol(1001, "server shutting down".into())
-            }
+            CloseReason::Slow => Stop::Protocol(4008, "slow reader: outbox overflow".into()),
+            CloseReason::Shutdown => Stop::Protocol(1001, "server shutting down".into()),
             CloseReason::Server { code, reason } => Stop::Protocol(code, reason),
         };
         self.finish(stop).await

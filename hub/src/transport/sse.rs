@@ -27,6 +27,7 @@ use crate::api::credentials;
 use crate::api::request_id::RequestId;
 use crate::state::AppState;
 use crate::transport::conn::{self, ConnParams, Wire};
+use crate::transport::query::{parse_query, percent_decode};
 
 /// The request line prefix that routes a connection here.
 pub const PREFIX: &[u8] = b"GET /v1/sse/";
@@ -214,42 +215,6 @@ fn parse_head(buf: &[u8]) -> Result<Option<Request>, AppError> {
     }))
 }
 
-/// Decodes `%XX` escapes, and `+` as a space in query strings (`plus_is_space`; in a path a `+`
-/// is a plus sign); `None` when the result is not UTF-8.
-fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' if plus_is_space => out.push(b' '),
-            b'%' => match b.get(i + 1..i + 3) {
-                Some(&[h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
-                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                    out.push(hex(h) * 16 + hex(l));
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-/// A query string's decoded pairs.
-fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(k, true)?, percent_decode(v, true)?))
-        })
-        .collect()
-}
-
 /// The same stream for a request that was not its connection's first (a client reusing a
 /// keep-alive connection, as browsers and `fetch` do): hyper already owns that connection, so
 /// the events go out as a streaming response body instead of on the raw socket. Costs a task
@@ -318,18 +283,11 @@ async fn pump(
                 }
                 if let Some(reason) = closed {
                     // The same notices as on the raw-socket path (`conn::finish_outbox`).
-                    let (status, message) = match reason {
-                        channels::CloseReason::Slow => (
-                            "error",
-                            "Connection closed: messages were not read fast enough (outbox \
-                             overflow); reconnect and resume from your last cursor",
-                        ),
-                        channels::CloseReason::Shutdown => ("ok", "Server requested disconnect"),
-                        channels::CloseReason::Server { .. } => break,
-                    };
-                    for f in session.notices(status, message) {
-                        if tx.send(f.into_wire().0).await.is_err() {
-                            break;
+                    if let Some((status, message)) = reason.notice() {
+                        for f in session.notices(status, message) {
+                            if tx.send(f.into_wire().0).await.is_err() {
+                                break;
+                            }
                         }
                     }
                     break;

@@ -18,8 +18,8 @@ use std::io;
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use bytes::Bytes;
 use channels::kinds::Access;
 use channels::outbox::CloseReason;
@@ -33,6 +33,8 @@ use tokio::net::TcpStream;
 use crate::api::credentials;
 use crate::api::error::upgrade_error;
 use crate::state::AppState;
+use crate::transport::query::query_param;
+use crate::transport::ws;
 
 /// A connection silent for this long is closed (clients ping every 30 s, seed 003).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -58,19 +60,12 @@ pub async fn upgrade(
     Path(id): Path<String>,
     mut req: Request,
 ) -> Response {
+    let key = match ws::websocket_key(req.headers()) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
     let query = req.uri().query().unwrap_or("").to_owned();
-    let param = |name: &str| {
-        query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| v.to_owned())
-        })
-    };
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return upgrade_error(
-            StatusCode::BAD_REQUEST,
-            "Expected a WebSocket upgrade request",
-        );
-    };
+    let param = |name: &str| query_param(&query, name).map(|v| v.into_owned());
     let token = credentials::jwt(req.headers())
         .map(str::to_owned)
         .or_else(|| param("access_token"))
@@ -144,14 +139,7 @@ pub async fn upgrade(
         };
         conn.run(stream, parts.read_buf).await;
     });
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&ws_frame::accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    ws::switching_protocols(&key)
 }
 
 /// Whether `principal` may view terminal `id` (`Err` with the reason if not), and whether it
@@ -201,7 +189,7 @@ impl Conn {
         if let Err(e) = node.broker.subscribe(&relay).await {
             tracing::warn!(terminal = %self.id, error = %e, "subscribing to the terminal relay failed");
         }
-        self.load(conn_id).await;
+        self.load().await;
         let terminals = &node.terminals;
         let attached = match self.side {
             Side::Host => {
@@ -252,7 +240,7 @@ impl Conn {
 
     /// Makes this node's view of the terminal current before attaching: the first local
     /// connection reads the relay topic's history (scrollback, host, driver); others wait for it.
-    async fn load(&self, _conn: channels::ConnId) {
+    async fn load(&self) {
         let node = &self.state.node;
         if !node.terminals.open(&self.id) {
             if !node.terminals.wait_loaded(&self.id, LOAD_TIMEOUT).await {

@@ -15,44 +15,13 @@ use tokio::net::TcpStream;
 use crate::api::error::upgrade_error;
 use crate::state::AppState;
 use crate::transport::conn::{self, ConnParams};
+use crate::transport::query::query_param;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
-}
-
-fn query_param<'a>(query: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains(['%', '+']) {
-        return s.into();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => match b.get(i + 1..i + 3) {
-                Some(&[h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
-                    let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-                    out.push(hex(h) * 16 + hex(l));
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 /// The message for a refused connect (Supabase words "Token has expired" without the seconds).
@@ -65,29 +34,11 @@ fn connect_message(e: &TokenError) -> String {
 
 /// Validates the upgrade request and the token, then hands the socket to [`conn::run`].
 pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Response {
-    let headers = req.headers();
-    if !header_has_token(headers, header::UPGRADE, "websocket")
-        || !header_has_token(headers, header::CONNECTION, "upgrade")
-    {
-        return upgrade_error(
-            StatusCode::BAD_REQUEST,
-            "Expected a WebSocket upgrade request",
-        );
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != "13")
-    {
-        let mut resp = upgrade_error(StatusCode::BAD_REQUEST, "Unsupported WebSocket version");
-        resp.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return resp;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return upgrade_error(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key");
+    let key = match websocket_key(req.headers()) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
     };
+    let headers = req.headers();
     let query = req.uri().query().unwrap_or("");
     let token = headers
         .get("x-api-key")
@@ -110,7 +61,6 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     };
     let token = token.into_owned();
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let accept = channels::ws_frame::accept_key(key.as_bytes());
     let st = state.clone();
     state.tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -143,27 +93,50 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         )
         .await;
     });
+    switching_protocols(&key)
+}
+
+/// The client's `Sec-WebSocket-Key` of a valid upgrade request, or the 400 to answer (boxed:
+/// a response is large and the error is the rare case).
+pub fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, Box<Response>> {
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(Box::new(upgrade_error(
+            StatusCode::BAD_REQUEST,
+            "Expected a WebSocket upgrade request",
+        )));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        let mut resp = upgrade_error(StatusCode::BAD_REQUEST, "Unsupported WebSocket version");
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return Err(Box::new(resp));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or_else(|| {
+            Box::new(upgrade_error(
+                StatusCode::BAD_REQUEST,
+                "Missing Sec-WebSocket-Key",
+            ))
+        })
+}
+
+/// The 101 answer accepting an upgrade whose client key is `key`.
+pub fn switching_protocols(key: &HeaderValue) -> Response {
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(&channels::ws_frame::accept_key(key.as_bytes())) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_params_are_found_and_decoded() {
-        let q = "apikey=a%2Bb&foo=bar&vsn=2.0.0&empty";
-        assert_eq!(query_param(q, "apikey").as_deref(), Some("a+b"));
-        assert_eq!(query_param(q, "vsn").as_deref(), Some("2.0.0"));
-        assert_eq!(query_param(q, "empty").as_deref(), Some(""));
-        assert_eq!(query_param(q, "missing"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
 }
