@@ -165,37 +165,46 @@ impl<'a> Encoded<'a> {
     }
 }
 
-/// A presence diff encoded once per format.
+/// A presence diff encoded once per format, on first use (a diff reaching only V2 members is
+/// never encoded for V1 or SSE, and one reaching nobody is not encoded at all).
 struct EncodedDiff {
-    v1: OutFrame,
-    v2: OutFrame,
-    sse: OutFrame,
+    wire: String,
+    payload: String,
+    v1: Option<OutFrame>,
+    v2: Option<OutFrame>,
+    sse: Option<OutFrame>,
 }
 
 impl EncodedDiff {
     fn new(topic: &TopicKey, diff: &Diff) -> Self {
-        let payload = diff.to_json();
-        let wire = topic.wire();
-        let msg = Outbound {
-            join_ref: None,
-            msg_ref: None,
-            topic: &wire,
-            event: "presence_diff",
-            payload: &payload,
-        };
         Self {
-            v1: codec::encode(Format::V1, msg),
-            v2: codec::encode(Format::V2, msg),
-            sse: codec::encode(Format::Sse, msg),
+            wire: topic.wire(),
+            payload: diff.to_json(),
+            v1: None,
+            v2: None,
+            sse: None,
         }
     }
 
-    fn frame(&self, format: Format) -> OutFrame {
-        match format {
-            Format::V1 => self.v1.clone(),
-            Format::V2 => self.v2.clone(),
-            Format::Sse => self.sse.clone(),
-        }
+    fn frame(&mut self, format: Format) -> OutFrame {
+        let slot = match format {
+            Format::V1 => &mut self.v1,
+            Format::V2 => &mut self.v2,
+            Format::Sse => &mut self.sse,
+        };
+        slot.get_or_insert_with(|| {
+            codec::encode(
+                format,
+                Outbound {
+                    join_ref: None,
+                    msg_ref: None,
+                    topic: &self.wire,
+                    event: "presence_diff",
+                    payload: &self.payload,
+                },
+            )
+        })
+        .clone()
     }
 }
 
@@ -553,7 +562,7 @@ impl Registry {
         if diff.is_empty() {
             return;
         }
-        let enc = EncodedDiff::new(topic, diff);
+        let mut enc = EncodedDiff::new(topic, diff);
         for slot in st.slots.iter().filter(|s| s.member.presence_enabled) {
             self.push(&slot.member, enc.frame(slot.member.format));
         }
