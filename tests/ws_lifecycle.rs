@@ -25,6 +25,9 @@ struct Flooded {
 async fn flood_until_slow_close(tweak: impl FnOnce(&mut hub::Config)) -> Flooded {
     let hub = TestHub::spawn_with(|cfg| {
         cfg.outbox_messages = 16;
+        // The publisher floods on purpose: this test is about the slow reader, not the sender.
+        cfg.messages_per_sec = 0;
+        cfg.user_messages_per_sec = 0;
         tweak(cfg);
     })
     .await;

@@ -47,15 +47,35 @@ pub enum TokenError {
     /// Signed with another key.
     #[error("Failed to validate JWT signature")]
     BadSignature,
+    /// Signed with an algorithm the hub is not configured to accept (`none` never is).
+    #[error("The token's algorithm {0} is not accepted")]
+    AlgorithmNotAccepted(String),
+    /// Names (`kid`) or needs a public key the hub does not have.
+    #[error("No configured key can verify this token")]
+    UnknownKey,
+    /// `aud` is absent or not one the hub accepts (checked when configured).
+    #[error("The token's audience is not accepted")]
+    WrongAudience,
+    /// `iss` is absent or not one the hub accepts (checked when configured).
+    #[error("The token's issuer is not accepted")]
+    WrongIssuer,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("The token is not valid yet")]
+    NotYetValid,
 }
 
 impl TokenError {
     /// The code used in join error reasons (`<Code>: <message>`).
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Missing | Self::Expired { .. } | Self::MissingClaims => "InvalidJWTToken",
-            Self::Malformed => "MalformedJWT",
-            Self::BadSignature => "JwtSignatureError",
+            Self::Missing
+            | Self::Expired { .. }
+            | Self::MissingClaims
+            | Self::WrongAudience
+            | Self::WrongIssuer
+            | Self::NotYetValid => "InvalidJWTToken",
+            Self::Malformed | Self::AlgorithmNotAccepted(_) => "MalformedJWT",
+            Self::BadSignature | Self::UnknownKey => "JwtSignatureError",
         }
     }
 
@@ -65,7 +85,7 @@ impl TokenError {
     }
 }
 
-/// Verifies tokens; implemented by the hub (HS256 secret, later JWKS).
+/// Verifies tokens; implemented by the hub (HMAC secret, RSA/EC public keys, JWKS).
 pub trait TokenVerifier: Send + Sync + fmt::Debug + 'static {
     /// Verifies `token` now, including expiry.
     fn verify(&self, token: &str) -> Result<Principal, TokenError>;

@@ -37,13 +37,18 @@ pub fn token_text(env: &Envelope) -> Option<String> {
     let Payload::Json(json) = &env.payload else {
         return None;
     };
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(json) else {
-        return None;
-    };
-    match (map.len(), map.get("text")) {
-        (1, Some(Value::String(s))) => Some(s.clone()),
-        _ => None,
+    /// Exactly `{"text": "<string>"}`: any other field, or a repeated `text`, is an error, so
+    /// such a payload is delivered as it is. Parsed borrowed (no map, no key strings) because
+    /// this runs on every token published.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Token<'a> {
+        #[serde(borrow)]
+        text: std::borrow::Cow<'a, str>,
     }
+    serde_json::from_slice::<Token<'_>>(json)
+        .ok()
+        .map(|t| t.text.into_owned())
 }
 
 /// What a chat stream amounts to so far.
@@ -212,6 +217,17 @@ mod tests {
         );
         assert_eq!(token_text(&env("token", r#"{"text":"a","i":1}"#, 1)), None);
         assert_eq!(token_text(&env("done", r#"{"text":"a"}"#, 1)), None);
+        // Escapes are decoded; a non-string, repeated or missing text is not a delta.
+        assert_eq!(
+            token_text(&env("token", r#"{"text":"a\"\n\u00e9"}"#, 1)).as_deref(),
+            Some("a\"\n\u{e9}")
+        );
+        assert_eq!(token_text(&env("token", r#"{"text":1}"#, 1)), None);
+        assert_eq!(
+            token_text(&env("token", r#"{"text":"a","text":"b"}"#, 1)),
+            None
+        );
+        assert_eq!(token_text(&env("token", r#"{}"#, 1)), None);
         let mut room = env("token", r#"{"text":"a"}"#, 1);
         room.topic = TopicKey::new("room:1", false).unwrap();
         assert_eq!(token_text(&room), None);

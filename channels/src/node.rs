@@ -32,6 +32,21 @@ pub struct NodeConfig {
     pub outbox: OutboxLimits,
     /// Chat `input` messages one user may send per hour. Default 100 (seed 003).
     pub chat_input_per_hour: u32,
+    /// Joins per second one connection may make, refilling a bucket of `join_burst`. Default 10
+    /// per second with bursts of 200, so a client rejoining all its channels after a reconnect
+    /// is not refused. Exceeding it answers `ClientJoinRateLimitReached: Too many joins per
+    /// second` and disconnects the socket, as Supabase does. 0: no limit.
+    pub joins_per_sec: u32,
+    /// Burst of [`NodeConfig::joins_per_sec`].
+    pub join_burst: u32,
+    /// Messages (broadcast and presence pushes) per second one connection may send, in bursts of
+    /// twice that. Default 1,000. Exceeding it closes the channel pushed on with a `system`
+    /// error "Too many messages per second" then `phx_close`, as Supabase does. The service role
+    /// is exempt (backends publish at whatever rate their streams need). 0: no limit.
+    pub messages_per_sec: u32,
+    /// The same across all connections of one user (JWT `sub`; tokens without one, like a
+    /// project's shared anon key, are limited per connection only). Default 2,000. 0: no limit.
+    pub user_messages_per_sec: u32,
     /// Terminal scrollback, per-user limit and idle lifetime.
     pub terminal: crate::terminal::TerminalConfig,
 }
@@ -46,6 +61,10 @@ impl Default for NodeConfig {
             join_error_delay: Duration::from_secs(1),
             outbox: OutboxLimits::default(),
             chat_input_per_hour: 100,
+            joins_per_sec: 10,
+            join_burst: 200,
+            messages_per_sec: 1000,
+            user_messages_per_sec: 2000,
             terminal: crate::terminal::TerminalConfig::default(),
         }
     }
@@ -58,6 +77,8 @@ pub struct NodeStats {
     pub joins: AtomicU64,
     /// Messages received from clients since start.
     pub messages_in: AtomicU64,
+    /// Joins and messages refused by a rate limit since start.
+    pub rate_limited: AtomicU64,
 }
 
 /// Shared state of one hub process.
@@ -79,6 +100,8 @@ pub struct Node {
     pub connections: Connections,
     /// Chat input per user (`sub`, or the token for users without one).
     pub chat_inputs: crate::limits::KeyedLimiter,
+    /// Messages per second per user (`sub`), see [`NodeConfig::user_messages_per_sec`].
+    pub user_messages: crate::limits::KeyedLimiter,
     /// Terminals relayed by this node.
     pub terminals: Arc<crate::terminal::Terminals>,
     next_conn: AtomicU64,
@@ -106,8 +129,13 @@ impl Node {
         kinds: Kinds,
     ) -> Arc<Self> {
         let chat_inputs = crate::limits::KeyedLimiter::per_hour(config.chat_input_per_hour);
+        let user_messages = crate::limits::KeyedLimiter::per_second_burst(
+            config.user_messages_per_sec,
+            config.user_messages_per_sec.saturating_mul(2),
+        );
         Arc::new(Self {
             chat_inputs,
+            user_messages,
             terminals: {
                 let t = Arc::new(crate::terminal::Terminals::new(
                     config.terminal,

@@ -24,6 +24,7 @@ use crate::codec::{
 use crate::cursor::{Cursor, Since};
 use crate::envelope::{MAX_EVENT_LEN, Payload};
 use crate::kinds::Access;
+use crate::limits::Bucket;
 use crate::node::Node;
 use crate::outbox::{OutFrame, Outbox};
 use crate::registry::{ConnId, Member, NotMember};
@@ -37,6 +38,10 @@ const MAX_DELAYED: usize = 100;
 #[derive(Debug)]
 struct Channel {
     key: TopicKey,
+    /// [`name_hash`] of the key's name: [`Session::find`] compares it before the names, because
+    /// a publisher joined to 100 topics named alike (`chat:run-0001`, …) would otherwise compare
+    /// dozens of common prefixes on every message.
+    name_hash: u64,
     join_ref: Option<Ref>,
     ack: bool,
     /// `config.presence.key`; `None` until needed when the client left it empty, then a UUID.
@@ -64,6 +69,10 @@ pub struct Session {
     /// carries fewer bytes.
     channels: Vec<Channel>,
     delayed: VecDeque<(Instant, OutFrame)>,
+    /// [`NodeConfig::joins_per_sec`](crate::NodeConfig::joins_per_sec) for this connection.
+    join_bucket: Bucket,
+    /// [`NodeConfig::messages_per_sec`](crate::NodeConfig::messages_per_sec) for this connection.
+    message_bucket: Bucket,
 }
 
 /// The join payload: `{"config": {...}, "access_token": "..."}`. Every part is optional and
@@ -172,6 +181,8 @@ impl Session {
             connect_principal: Arc::new(connect_principal),
             channels: Vec::new(),
             delayed: VecDeque::new(),
+            join_bucket: Bucket::new(),
+            message_bucket: Bucket::new(),
         }
     }
 
@@ -187,7 +198,10 @@ impl Session {
 
     fn find(&self, topic: &str) -> Option<usize> {
         let name = topic.strip_prefix(WIRE_PREFIX)?;
-        self.channels.iter().position(|c| c.key.name() == name)
+        let hash = name_hash(name);
+        self.channels
+            .iter()
+            .position(|c| c.name_hash == hash && c.key.name() == name)
     }
 
     /// Number of joined channels.
@@ -257,6 +271,16 @@ impl Session {
             }
             return;
         }
+        if matches!(m.event.as_str(), "broadcast" | "presence")
+            && let Some(i) = self.find(&m.topic)
+            && self.over_message_limit(i)
+        {
+            // Supabase shuts the channel down rather than refusing single pushes (PROTOCOL §6.2).
+            self.node.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return self
+                .close_channel(&m.topic, "Too many messages per second")
+                .await;
+        }
         match m.event.as_str() {
             "phx_leave" => {
                 self.reply(&m, "ok", "{}");
@@ -277,18 +301,30 @@ impl Session {
         }
     }
 
+    /// Whether a broadcast or presence push on channel `i` is over this connection's or this
+    /// user's message rate (the service role is exempt).
+    fn over_message_limit(&mut self, i: usize) -> bool {
+        let principal = &self.channels[i].principal;
+        if principal.is_service() {
+            return false;
+        }
+        let rate = self.node.config.messages_per_sec;
+        let now = Instant::now().into_std();
+        if self
+            .message_bucket
+            .take(now, rate, rate.saturating_mul(2))
+            .is_err()
+        {
+            return true;
+        }
+        match &principal.sub {
+            Some(sub) => self.node.user_messages.check(sub).is_err(),
+            None => false,
+        }
+    }
+
     fn join_error(&mut self, m: &Inbound, reason: &str) {
-        let payload = reply_payload("error", &format!(r#"{{"reason":{}}}"#, json_string(reason)));
-        let frame = codec::encode(
-            self.format,
-            Outbound {
-                join_ref: m.join_ref.as_ref(),
-                msg_ref: m.msg_ref.as_ref(),
-                topic: &m.topic,
-                event: "phx_reply",
-                payload: &payload,
-            },
-        );
+        let frame = self.join_error_frame(m, reason);
         let delay = self.node.config.join_error_delay;
         if delay.is_zero() || self.delayed.len() >= MAX_DELAYED {
             self.outbox.push(frame);
@@ -297,9 +333,42 @@ impl Session {
         }
     }
 
+    fn join_error_frame(&self, m: &Inbound, reason: &str) -> OutFrame {
+        let payload = reply_payload("error", &format!(r#"{{"reason":{}}}"#, json_string(reason)));
+        codec::encode(
+            self.format,
+            Outbound {
+                join_ref: m.join_ref.as_ref(),
+                msg_ref: m.msg_ref.as_ref(),
+                topic: &m.topic,
+                event: "phx_reply",
+                payload: &payload,
+            },
+        )
+    }
+
     async fn join(&mut self, m: Inbound) {
         if !m.topic.starts_with(WIRE_PREFIX) {
             return self.reply_reason(&m, "unmatched topic");
+        }
+        let cfg = &self.node.config;
+        let (rate, burst) = (cfg.joins_per_sec, cfg.join_burst);
+        if self
+            .join_bucket
+            .take(Instant::now().into_std(), rate, burst)
+            .is_err()
+        {
+            // Answered at once (not after the join error delay) and followed by a disconnect,
+            // as Supabase does (PROTOCOL §6.1): a client in a join loop must stop, not retry.
+            self.node.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let frame =
+                self.join_error_frame(&m, "ClientJoinRateLimitReached: Too many joins per second");
+            self.outbox.push(frame);
+            self.outbox.close(crate::outbox::CloseReason::Server {
+                code: 1001,
+                reason: "Too many joins per second".into(),
+            });
+            return;
         }
         let payload: JoinPayload = match &m.body {
             Body::Json(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
@@ -397,6 +466,7 @@ impl Session {
             presence_enabled,
         };
         let channel = Channel {
+            name_hash: name_hash(key.name()),
             key,
             join_ref: m.join_ref.clone(),
             ack: flex_bool(broadcast.and_then(|b| b.get("ack"))),
@@ -478,6 +548,7 @@ impl Session {
             presence_enabled: false,
         };
         let channel = Channel {
+            name_hash: name_hash(key.name()),
             key,
             join_ref: None,
             ack: false,
@@ -978,6 +1049,14 @@ fn extract_broadcast(body: &Body) -> Result<(String, Payload), &'static str> {
             ))
         }
     }
+}
+
+/// FNV-1a over a topic name: a few cycles for a short name, and only ever compared within one
+/// connection's channels (a collision costs one extra string compare, nothing else).
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

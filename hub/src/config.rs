@@ -2,11 +2,14 @@
 //! and a documented default; README's configuration table lists them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use channels::{NodeConfig, OutboxLimits};
 use clap::Parser;
 use store::StoreConfig;
+
+use crate::auth::{JwtSettings, JwtVerifier, KeyError, PublicKey};
 
 /// The hub's configuration (the flags of `hub` without a subcommand; see [`crate::cli::Cli`]).
 #[derive(Debug, Clone, Parser)]
@@ -20,6 +23,44 @@ pub struct Config {
     /// and development tokens are printed.
     #[arg(long, env = "HUB_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// JWT algorithms accepted, comma-separated: HS256, HS384, HS512 (signed with the secret),
+    /// RS256, RS384, RS512, ES256, ES384 (verified with --jwt-public-key / --jwt-jwks). Tokens
+    /// with any other `alg` (and `none`, which cannot be configured) are refused. Share tokens
+    /// the hub issues are HS256: keep it in the list to use them.
+    #[arg(
+        long,
+        env = "HUB_JWT_ALGORITHMS",
+        default_value = "HS256",
+        value_delimiter = ','
+    )]
+    pub jwt_algorithms: Vec<String>,
+
+    /// PEM files with RSA or EC public keys for RS*/ES* tokens (comma-separated).
+    #[arg(long, env = "HUB_JWT_PUBLIC_KEY", value_delimiter = ',')]
+    pub jwt_public_key: Vec<PathBuf>,
+
+    /// A JWKS file (`{"keys": [...]}`) with RSA/EC public keys; a token's `kid` picks its key.
+    #[arg(long, env = "HUB_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// Accepted `aud` values (comma-separated); when set, a token without one of them is refused.
+    #[arg(long, env = "HUB_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Accepted `iss` values (comma-separated); when set, a token without one of them is refused.
+    #[arg(long, env = "HUB_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Clock-skew allowance for a token's `nbf` (`exp` is enforced exactly: an open channel
+    /// closes the moment its token expires).
+    #[arg(long, env = "HUB_JWT_LEEWAY", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Verified tokens remembered, so a reconnect storm does not verify one token thousands of
+    /// times (0: verify every time).
+    #[arg(long, env = "HUB_JWT_CACHE_SIZE", default_value_t = crate::auth::DEFAULT_CACHE_SIZE)]
+    pub jwt_cache_size: usize,
 
     /// Postgres URL. When set, build sessions and `build:` topics are stored in Postgres (migrations
     /// are applied at start); when unset, everything lives in memory.
@@ -47,6 +88,30 @@ pub struct Config {
     /// Close a WebSocket that sends nothing (not even a heartbeat) for this long.
     #[arg(long, env = "HUB_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+
+    /// Joins per second one connection may make (bursts up to --join-burst); beyond it the join
+    /// is refused with `ClientJoinRateLimitReached` and the socket closed (0: no limit).
+    #[arg(long, env = "HUB_JOINS_PER_SEC", default_value_t = 10)]
+    pub joins_per_sec: u32,
+
+    /// Joins one connection may make at once before --joins-per-sec applies.
+    #[arg(long, env = "HUB_JOIN_BURST", default_value_t = 200)]
+    pub join_burst: u32,
+
+    /// Broadcast and presence pushes per second per connection (bursts of twice that); beyond
+    /// it the channel is closed with "Too many messages per second". The service role is exempt
+    /// (0: no limit).
+    #[arg(long, env = "HUB_MESSAGES_PER_SEC", default_value_t = 1000)]
+    pub messages_per_sec: u32,
+
+    /// The same across all connections of one user (JWT `sub`) (0: no limit).
+    #[arg(long, env = "HUB_USER_MESSAGES_PER_SEC", default_value_t = 2000)]
+    pub user_messages_per_sec: u32,
+
+    /// REST requests one user (JWT `sub`) may make per hour (seed 003); beyond it 429 with
+    /// `Retry-After`. The service role is exempt (0: no limit).
+    #[arg(long, env = "HUB_REST_REQUESTS_PER_HOUR", default_value_t = 1000)]
+    pub rest_requests_per_hour: u32,
 
     /// Chat `input` messages one user may send per hour (0: no limit).
     #[arg(long, env = "HUB_CHAT_INPUT_PER_HOUR", default_value_t = 100)]
@@ -159,6 +224,39 @@ impl Config {
         c
     }
 
+    /// The token rules derived from this configuration, with `secret` as the HMAC secret (the
+    /// configured one, or the generated development secret). Reads the key files.
+    pub fn jwt_settings(&self, secret: &[u8]) -> Result<JwtSettings, KeyError> {
+        let mut algorithms = Vec::new();
+        for name in &self.jwt_algorithms {
+            let alg = crate::auth::parse_algorithm(name)?;
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        let mut public_keys = Vec::new();
+        for path in &self.jwt_public_key {
+            public_keys.push(PublicKey::from_pem_file(path)?);
+        }
+        if let Some(path) = &self.jwt_jwks {
+            public_keys.extend(PublicKey::from_jwks_file(path)?);
+        }
+        Ok(JwtSettings {
+            algorithms,
+            secret: secret.to_vec(),
+            public_keys,
+            audiences: self.jwt_audience.clone(),
+            issuers: self.jwt_issuer.clone(),
+            leeway: self.jwt_leeway,
+            cache_size: self.jwt_cache_size,
+        })
+    }
+
+    /// The verifier these settings describe.
+    pub fn jwt_verifier(&self, secret: &[u8]) -> Result<JwtVerifier, KeyError> {
+        JwtVerifier::new(self.jwt_settings(secret)?)
+    }
+
     /// The backend settings derived from this configuration.
     pub fn store_config(&self) -> StoreConfig {
         StoreConfig {
@@ -179,6 +277,10 @@ impl Config {
             max_payload_bytes: self.max_payload_bytes,
             join_error_delay: self.join_error_delay,
             chat_input_per_hour: self.chat_input_per_hour,
+            joins_per_sec: self.joins_per_sec,
+            join_burst: self.join_burst,
+            messages_per_sec: self.messages_per_sec,
+            user_messages_per_sec: self.user_messages_per_sec,
             terminal: channels::terminal::TerminalConfig {
                 scrollback: self.terminal_scrollback,
                 per_user: self.terminals_per_user,

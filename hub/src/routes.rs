@@ -16,13 +16,9 @@ use crate::transport::{sse, terminal, ws};
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/health", get(api::health::health))
-        .route("/realtime/v1/websocket", get(ws::upgrade))
-        .route("/socket/websocket", get(ws::upgrade))
-        .route("/v1/terminal/{id}", get(terminal::upgrade))
-        // SSE requests on a reused keep-alive connection (first requests never reach hyper).
-        .route("/v1/sse/{*topic}", get(sse::over_http))
+    // The REST API proper, counted against each user's hourly quota; health and the long-lived
+    // transports (limited per connection instead) are not.
+    let rest = Router::new()
         .route("/realtime/v1/api/broadcast", post(api::broadcast::batch))
         .route("/api/broadcast", post(api::broadcast::batch))
         .route(
@@ -39,6 +35,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sessions/token", post(api::share::exchange))
         .route("/events", get(api::events::list))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::rate_limit::middleware,
+        ));
+    let routes = Router::new()
+        .route("/health", get(api::health::health))
+        .route("/realtime/v1/websocket", get(ws::upgrade))
+        .route("/socket/websocket", get(ws::upgrade))
+        .route("/v1/terminal/{id}", get(terminal::upgrade))
+        // SSE requests on a reused keep-alive connection (first requests never reach hyper).
+        .route("/v1/sse/{*topic}", get(sse::over_http))
+        .merge(rest)
         .with_state(state);
     with_error_handling(routes)
 }

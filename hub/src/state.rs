@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use channels::Node;
 use channels::sessions::SessionStore;
 use store::Backends;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::JwtVerifier;
+use crate::auth::{JwtVerifier, KeyError};
 use crate::config::Config;
 use crate::simulate::Simulator;
 
@@ -33,37 +34,58 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Runs simulated builds for new sessions; `None` with `--simulate-builds false`.
     pub simulator: Option<Simulator>,
+    /// REST requests per hour per user (`--rest-requests-per-hour`).
+    pub rest_quota: Arc<crate::api::rate_limit::Quota>,
 }
 
 impl AppState {
     /// State on the embedded in-memory default with the given token secret (ignores
-    /// `database_url`; tests use it to get a hub without any I/O at start).
-    pub fn memory(config: Config, secret: &str) -> Self {
-        let verifier = Arc::new(JwtVerifier::hs256(secret.as_bytes()));
-        let backends = Backends::memory(config.node_config(), verifier, &config.store_config());
-        Self::with_backends(config, secret, backends)
+    /// `database_url`; tests use it to get a hub without any I/O at start). Fails only when the
+    /// token settings do (a key file that cannot be read, an algorithm without a key).
+    pub fn memory(config: Config, secret: &str) -> Result<Self, KeyError> {
+        let verifier = Arc::new(config.jwt_verifier(secret.as_bytes())?);
+        let backends = Backends::memory(
+            config.node_config(),
+            verifier.clone(),
+            &config.store_config(),
+        );
+        Ok(Self::with_backends(config, verifier, backends))
     }
 
     /// State on the backends the configuration names: Postgres when `database_url` is set
     /// (connects and migrates), memory otherwise.
-    pub async fn connect(config: Config, secret: &str) -> Result<Self, store::StoreError> {
-        let verifier = Arc::new(JwtVerifier::hs256(secret.as_bytes()));
-        let backends =
-            Backends::connect(config.node_config(), verifier, &config.store_config()).await?;
-        Ok(Self::with_backends(config, secret, backends))
+    pub async fn connect(config: Config, secret: &str) -> anyhow::Result<Self> {
+        let verifier = Arc::new(
+            config
+                .jwt_verifier(secret.as_bytes())
+                .context("loading the JWT settings")?,
+        );
+        let backends = Backends::connect(
+            config.node_config(),
+            verifier.clone(),
+            &config.store_config(),
+        )
+        .await
+        .context("starting the backends")?;
+        Ok(Self::with_backends(config, verifier, backends))
     }
 
-    fn with_backends(config: Config, secret: &str, backends: Backends) -> Self {
+    fn with_backends(config: Config, verifier: Arc<JwtVerifier>, backends: Backends) -> Self {
         let simulator = config
             .simulate_builds
             .then(|| Simulator::new(config.simulate_max_builds, config.simulate_step_delay));
+        let rest_quota = Arc::new(crate::api::rate_limit::Quota::new(
+            config.rest_requests_per_hour,
+            std::time::Duration::from_secs(3600),
+        ));
         Self {
+            rest_quota,
             simulator,
             node: backends.node.clone(),
             sessions: backends.sessions.clone(),
             backends,
-            verifier: Arc::new(JwtVerifier::hs256(secret.as_bytes())),
-            secret: Arc::from(secret.as_bytes()),
+            secret: Arc::from(verifier.secret()),
+            verifier,
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

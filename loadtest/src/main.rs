@@ -80,6 +80,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 
+/// mimalloc, as in the hub: the load generator shares the machine's cores with the hub it
+/// measures, so every cycle it spends in glibc's malloc is taken from the hub's figures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     if let Err(e) = args::validate(&cli.scenario) {

@@ -31,6 +31,20 @@ const BAD_TOKENS = [
   { why: 'token without exp', token: () => mintToken({ exp: undefined }), reason: 'Fields `role` and `exp` are required in JWT' },
   { why: 'garbage token', token: 'not-a-jwt', reason: 'The token provided is not a valid JWT' },
   {
+    why: 'token with an algorithm the hub does not accept (HS512)',
+    token: () => mintToken({}, { header: { alg: 'HS512' } }),
+    reason: "The token's algorithm HS512 is not accepted",
+  },
+  {
+    why: 'unsigned token (alg none)',
+    token: () => {
+      const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url')
+      const exp = Math.floor(Date.now() / 1000) + 3600
+      return `${b64({ alg: 'none', typ: 'JWT' })}.${b64({ role: 'service_role', exp })}.`
+    },
+    reason: 'The token provided is not a valid JWT',
+  },
+  {
     why: 'token signed with another secret',
     token: () => mintToken({}, { secret: 'some-other-secret' }),
     reason: 'Failed to validate JWT signature',

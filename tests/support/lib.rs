@@ -65,7 +65,7 @@ impl TestHub {
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut cfg = Config::for_tests(SECRET);
         tweak(&mut cfg);
-        Self::serve(AppState::memory(cfg, SECRET)).await
+        Self::serve(AppState::memory(cfg, SECRET).expect("test token settings are valid")).await
     }
 
     /// A hub on Postgres at `database_url` (migrations applied, feed started), its test

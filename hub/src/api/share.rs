@@ -38,8 +38,11 @@ pub async fn exchange(
         .await?
         .ok_or_else(invalid)?;
     let exp = now_secs() + state.config.share_token_ttl.as_secs().max(1);
-    let jwt = sign_hs256(&state.secret, &share_claims(session.id, exp))
-        .map_err(|e| AppError::internal(format_args!("signing a share JWT: {e}")))?;
+    let jwt = sign_hs256(
+        &state.secret,
+        &share_claims(session.id, exp, state.verifier.own_claims()),
+    )
+    .map_err(|e| AppError::internal(format_args!("signing a share JWT: {e}")))?;
     tracing::debug!(session = %session.id, "share token exchanged");
     Ok(Json(json!({
         "accessToken": jwt,

@@ -23,9 +23,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let listener =
         crate::server::bind(config.addr).with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let state = AppState::connect(config, &secret)
-        .await
-        .context("starting the backends")?;
+    let state = AppState::connect(config, &secret).await?;
     println!("hub listening on http://{addr}");
     crate::serve(listener, state, shutdown).await?;
     Ok(())

@@ -204,7 +204,8 @@ mod tests {
     async fn creates_and_follows_a_build_on_a_live_hub() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::memory(Config::for_tests(SECRET), SECRET);
+        let state =
+            AppState::memory(Config::for_tests(SECRET), SECRET).expect("test token settings");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(crate::serve(listener, state, async move {
             let _ = stopped.await;

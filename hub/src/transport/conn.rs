@@ -540,7 +540,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let state = crate::AppState::memory(crate::Config::for_tests("s"), "s");
+        let state = crate::AppState::memory(crate::Config::for_tests("s"), "s")
+            .expect("test token settings");
         let outbox = Outbox::new(state.node.config.outbox);
         let principal = Principal {
             role: "anon".into(),

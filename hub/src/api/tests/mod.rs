@@ -7,6 +7,7 @@
 mod broadcast;
 mod errors;
 mod events;
+mod rate_limit;
 mod sessions;
 mod share;
 mod simulated;
@@ -35,7 +36,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub fn state_with(tweak: impl FnOnce(&mut Config)) -> AppState {
     let mut cfg = Config::for_tests(SECRET);
     tweak(&mut cfg);
-    AppState::memory(cfg, SECRET)
+    AppState::memory(cfg, SECRET).expect("test token settings are valid")
 }
 
 /// In-memory state on `Config::for_tests` (simulated builds every 10 ms).

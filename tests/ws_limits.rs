@@ -1,0 +1,159 @@
+//! Per-connection and per-user rate limits on live sockets, with the Supabase shapes
+//! (PROTOCOL §6): a join flood is answered `ClientJoinRateLimitReached: Too many joins per
+//! second` and the socket closed; a message flood closes the channel with a `system` error
+//! "Too many messages per second" then `phx_close`. Each is recovered from, and the
+//! well-behaved clients beside the flooder keep receiving.
+
+use serde_json::json;
+use tests::{TestHub, Vsn, WsClient, anon, json_payload, token};
+
+const TOPIC: &str = "realtime:limits";
+
+/// Asserts the `system` error then `phx_close` that closes `c`'s channel on `topic`.
+async fn expect_channel_shutdown(c: &mut WsClient, topic: &str, message: &str) {
+    let sys = c
+        .expect_event(topic, "system", "the system error of the flood")
+        .await;
+    assert_eq!(sys.payload["status"], json!("error"));
+    assert_eq!(sys.payload["message"], json!(message));
+    c.expect_event(topic, "phx_close", "phx_close after the system error")
+        .await;
+}
+
+#[tokio::test]
+async fn a_join_flood_is_refused_then_the_socket_closed_and_a_new_one_may_join() {
+    let hub = TestHub::spawn_with(|c| {
+        c.joins_per_sec = 1;
+        c.join_burst = 3;
+    })
+    .await;
+    let mut c = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    for i in 0..3 {
+        c.join_ok(&format!("realtime:j{i}"), json!({})).await;
+    }
+    let refused = c.join("realtime:j3", json!({})).await;
+    assert_eq!(refused.status(), "error", "{refused:?}");
+    assert_eq!(
+        refused.payload["response"]["reason"],
+        json!("ClientJoinRateLimitReached: Too many joins per second")
+    );
+    let (code, reason) = c.expect_close("the disconnect after the join flood").await;
+    assert_eq!((code, reason.as_str()), (1001, "Too many joins per second"));
+    assert!(
+        hub.state
+            .node
+            .stats
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    // The limit is the connection's: a new one joins at once.
+    let mut again = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    again.join_ok("realtime:j3", json!({})).await;
+}
+
+#[tokio::test]
+async fn a_message_flood_closes_the_flooders_channel_only() {
+    let hub = TestHub::spawn_with(|c| {
+        c.messages_per_sec = 5; // bursts of 10
+        c.user_messages_per_sec = 0;
+    })
+    .await;
+    let mut good = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    good.join_ok(TOPIC, json!({})).await;
+    let mut flooder =
+        WsClient::connect(&hub, Vsn::V2, &token("authenticated", "flooder", 600)).await;
+    flooder.join_ok(TOPIC, json!({})).await;
+    flooder.join_ok("realtime:other", json!({})).await;
+
+    for i in 0..30 {
+        flooder
+            .send_broadcast(TOPIC, "f", &json_payload(&json!({"i": i})))
+            .await;
+    }
+    expect_channel_shutdown(&mut flooder, TOPIC, "Too many messages per second").await;
+    // The burst (10) got through to the others, in order, and nothing after the shutdown.
+    for i in 0..10 {
+        let b = good
+            .expect_broadcast(TOPIC, &format!("flood message {i}"))
+            .await;
+        assert_eq!(b.json(), &json!({"i": i}));
+    }
+    good.assert_silent(300, "nothing past the flooder's burst")
+        .await;
+
+    // The flooder's socket and its other channel are untouched; once its bucket refills
+    // (5 per second) it may rejoin and publish again.
+    flooder
+        .assert_alive("the flooder's socket after its channel closed")
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await; // refill: 1.2 s × 5/s
+    flooder.join_ok(TOPIC, json!({})).await;
+    flooder
+        .send_broadcast(TOPIC, "f", &json_payload(&json!({"i": "after"})))
+        .await;
+    let b = good
+        .expect_broadcast(TOPIC, "the flooder's message after recovery")
+        .await;
+    assert_eq!(b.json(), &json!({"i": "after"}));
+}
+
+#[tokio::test]
+async fn the_user_limit_spans_connections_and_the_service_role_is_exempt() {
+    let hub = TestHub::spawn_with(|c| {
+        c.messages_per_sec = 0;
+        c.user_messages_per_sec = 5; // bursts of 10, shared by every connection of the user
+    })
+    .await;
+    let mut good = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    good.join_ok(TOPIC, json!({})).await;
+    let user = token("authenticated", "same-user", 600);
+    let mut a = WsClient::connect(&hub, Vsn::V2, &user).await;
+    let mut b = WsClient::connect(&hub, Vsn::V2, &user).await;
+    a.join_ok(TOPIC, json!({})).await;
+    b.join_ok(TOPIC, json!({})).await;
+    for i in 0..6 {
+        a.send_broadcast(TOPIC, "u", &json_payload(&json!({"a": i})))
+            .await;
+    }
+    // a's six are in (the hub handled them) before b starts, so the order of the eleven is known.
+    for i in 0..6 {
+        let m = good
+            .expect_broadcast(TOPIC, &format!("a's message {i}"))
+            .await;
+        assert_eq!(m.json(), &json!({"a": i}));
+    }
+    for i in 0..6 {
+        b.send_broadcast(TOPIC, "u", &json_payload(&json!({"b": i})))
+            .await;
+    }
+    // a spent 6 of the user's 10; b's fifth message is the eleventh.
+    expect_channel_shutdown(&mut b, TOPIC, "Too many messages per second").await;
+    for i in 0..4 {
+        let m = good
+            .expect_broadcast(TOPIC, &format!("b's message {i}"))
+            .await;
+        assert_eq!(m.json(), &json!({"b": i}));
+    }
+    good.assert_silent(300, "nothing past the user's burst")
+        .await;
+    a.assert_alive("a's socket: only the channel b pushed on was closed")
+        .await;
+
+    // The service role publishes far past the limit, all delivered.
+    let mut service =
+        WsClient::connect(&hub, Vsn::V2, &token("service_role", "backend", 600)).await;
+    service.join_ok(TOPIC, json!({})).await;
+    for i in 0..100 {
+        service
+            .send_broadcast(TOPIC, "s", &json_payload(&json!({"s": i})))
+            .await;
+    }
+    for i in 0..100 {
+        let m = good
+            .expect_broadcast(TOPIC, &format!("service message {i}"))
+            .await;
+        assert_eq!(m.json(), &json!({"s": i}));
+    }
+}
