@@ -77,11 +77,30 @@ async fn bad_frames_close_only_their_connection() {
         &json_payload(&json!({"x": 1})),
     )
     .unwrap();
+    // 20,000 levels of nesting in a payload: the decoder's depth limit (128) refuses it
+    // instead of recursing through it on every member's decode.
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
     let cases: Vec<(Vsn, Bad, &str, &[u16])> = vec![
         (
             Vsn::V2,
             Bad::Text("{not json".into()),
             "invalid JSON",
+            &[1007],
+        ),
+        (
+            Vsn::V2,
+            Bad::Text(format!(
+                r#"["1","2","realtime:bad","broadcast",{{"type":"broadcast","event":"e","payload":{deep}}}]"#
+            )),
+            "a payload nested 20,000 deep",
+            &[1007],
+        ),
+        (
+            Vsn::V1,
+            Bad::Text(format!(
+                r#"{{"topic":"realtime:bad","event":"broadcast","ref":"2","payload":{{"type":"broadcast","event":"e","payload":{deep}}}}}"#
+            )),
+            "a V1 payload nested 20,000 deep",
             &[1007],
         ),
         (

@@ -157,3 +157,63 @@ async fn the_user_limit_spans_connections_and_the_service_role_is_exempt() {
         assert_eq!(m.json(), &json!({"s": i}));
     }
 }
+
+async fn track(c: &mut WsClient, topic: &str, payload: serde_json::Value) -> tests::Msg {
+    let r = c
+        .push(
+            topic,
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": payload}),
+        )
+        .await;
+    c.expect_reply(topic, &r, "the reply to a presence track")
+        .await
+}
+
+#[tokio::test]
+async fn an_oversized_track_closes_the_channel_and_a_full_topic_refuses_new_entries() {
+    let hub = TestHub::spawn_with(|c| {
+        c.max_presence_bytes = 1024;
+        c.max_presence_entries = 2;
+    })
+    .await;
+    let presence = json!({"presence": {"enabled": true}});
+    let mut a = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    let mut b = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    let mut c = WsClient::connect(&hub, Vsn::V2, &anon()).await;
+    for m in [&mut a, &mut b, &mut c] {
+        m.join_ok(TOPIC, presence.clone()).await;
+    }
+    assert_eq!(
+        track(&mut a, TOPIC, json!({"who": "a"})).await.status(),
+        "ok"
+    );
+    assert_eq!(
+        track(&mut b, TOPIC, json!({"who": "b"})).await.status(),
+        "ok"
+    );
+    let full = track(&mut c, TOPIC, json!({"who": "c"})).await;
+    assert_eq!(full.status(), "error");
+    assert_eq!(
+        full.payload["response"]["reason"],
+        json!("PresenceLimitReached: Too many presence entries on this topic")
+    );
+    // Updating an existing entry is not adding one.
+    assert_eq!(
+        track(&mut a, TOPIC, json!({"who": "a2"})).await.status(),
+        "ok"
+    );
+
+    // An oversized track shuts a's channel down, which frees its entry for c.
+    a.push(
+        TOPIC,
+        "presence",
+        json!({"type": "presence", "event": "track", "payload": {"big": "x".repeat(2000)}}),
+    )
+    .await;
+    expect_channel_shutdown(&mut a, TOPIC, "Track message size exceeded").await;
+    assert_eq!(
+        track(&mut c, TOPIC, json!({"who": "c"})).await.status(),
+        "ok"
+    );
+}

@@ -44,6 +44,7 @@ pub mod terminal;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topic;
+pub mod user_connections;
 pub mod ws_frame;
 
 pub use auth::{Principal, TokenError, TokenVerifier};

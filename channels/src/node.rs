@@ -21,6 +21,13 @@ pub struct NodeConfig {
     pub max_channels: usize,
     /// Largest broadcast payload accepted, in bytes. Default 1 MiB.
     pub max_payload_bytes: usize,
+    /// Largest presence `track` push, in bytes. Default 64 KiB. Beyond it the channel is shut
+    /// down with "Track message size exceeded", as Supabase does.
+    pub max_presence_bytes: usize,
+    /// Presence entries one topic may hold (members tracking, on every node). Default 10,000;
+    /// a `track` that would add one more is refused with `PresenceLimitReached` (updating an
+    /// existing entry always works).
+    pub max_presence_entries: usize,
     /// Most messages a resume delivers from history (a join's `limit` may ask for fewer).
     /// Default: no limit beyond what the topic's history keeps (a build's whole timeline).
     pub resume_limit: usize,
@@ -39,6 +46,9 @@ pub struct NodeConfig {
     pub joins_per_sec: u32,
     /// Burst of [`NodeConfig::joins_per_sec`].
     pub join_burst: u32,
+    /// Connections one user (JWT `sub`) may have open on this node at once. Default 100; the
+    /// service role and tokens without `sub` are not counted. 0: no limit.
+    pub connections_per_user: u32,
     /// Messages (broadcast and presence pushes) per second one connection may send, in bursts of
     /// twice that. Default 1,000. Exceeding it closes the channel pushed on with a `system`
     /// error "Too many messages per second" then `phx_close`, as Supabase does. The service role
@@ -56,6 +66,8 @@ impl Default for NodeConfig {
         Self {
             max_channels: 100,
             max_payload_bytes: 1 << 20,
+            max_presence_bytes: 64 << 10,
+            max_presence_entries: 10_000,
             resume_limit: usize::MAX,
             replay_limit: 25,
             join_error_delay: Duration::from_secs(1),
@@ -63,6 +75,7 @@ impl Default for NodeConfig {
             chat_input_per_hour: 100,
             joins_per_sec: 10,
             join_burst: 200,
+            connections_per_user: 100,
             messages_per_sec: 1000,
             user_messages_per_sec: 2000,
             terminal: crate::terminal::TerminalConfig::default(),
@@ -102,6 +115,8 @@ pub struct Node {
     pub chat_inputs: crate::limits::KeyedLimiter,
     /// Messages per second per user (`sub`), see [`NodeConfig::user_messages_per_sec`].
     pub user_messages: crate::limits::KeyedLimiter,
+    /// Open connections per user, see [`NodeConfig::connections_per_user`].
+    pub user_connections: Arc<crate::user_connections::UserConnections>,
     /// Terminals relayed by this node.
     pub terminals: Arc<crate::terminal::Terminals>,
     next_conn: AtomicU64,
@@ -136,6 +151,9 @@ impl Node {
         Arc::new(Self {
             chat_inputs,
             user_messages,
+            user_connections: crate::user_connections::UserConnections::new(
+                config.connections_per_user,
+            ),
             terminals: {
                 let t = Arc::new(crate::terminal::Terminals::new(
                     config.terminal,

@@ -502,6 +502,18 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether `topic` already holds `limit` presence entries and `conn` has none (a track by
+    /// `conn` would add one). Checked before [`Registry::track`]; two members tracking at the
+    /// same instant may each pass, so the bound can be exceeded by the number of concurrent
+    /// tracks, never more.
+    pub fn presence_full(&self, topic: &TopicKey, conn: ConnId, limit: usize) -> bool {
+        let Some(entry) = self.topic(topic) else {
+            return false;
+        };
+        let st = lock(&entry.state);
+        st.presence.len() >= limit && !st.presence.is_tracked(conn as MemberId)
+    }
+
     /// Removes `conn`'s presence meta, if any, and fans the leave out. Returns whether there
     /// was one.
     pub fn untrack(&self, topic: &TopicKey, conn: ConnId) -> Result<bool, NotMember> {

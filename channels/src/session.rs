@@ -29,6 +29,7 @@ use crate::node::Node;
 use crate::outbox::{OutFrame, Outbox};
 use crate::registry::{ConnId, Member, NotMember};
 use crate::topic::{TopicError, TopicKey, WIRE_PREFIX};
+use crate::user_connections::UserClaim;
 
 /// Most join error replies waiting for their delay; beyond this they are sent at once, so a
 /// client looping on bad joins cannot grow this queue.
@@ -73,6 +74,8 @@ pub struct Session {
     join_bucket: Bucket,
     /// [`NodeConfig::messages_per_sec`](crate::NodeConfig::messages_per_sec) for this connection.
     message_bucket: Bucket,
+    /// This connection's slot among its user's connections, released when the session ends.
+    user_claim: Option<Box<UserClaim>>,
 }
 
 /// The join payload: `{"config": {...}, "access_token": "..."}`. Every part is optional and
@@ -183,7 +186,13 @@ impl Session {
             delayed: VecDeque::new(),
             join_bucket: Bucket::new(),
             message_bucket: Bucket::new(),
+            user_claim: None,
         }
+    }
+
+    /// Keeps `claim` (from [`Node::user_connections`]) for as long as this session lives.
+    pub fn hold(&mut self, claim: Option<UserClaim>) {
+        self.user_claim = claim.map(Box::new);
     }
 
     /// This connection's id.
@@ -664,6 +673,23 @@ impl Session {
             return self.reply_reason(&m, "Presence message must be an object");
         };
         match push.event.map(|e| e.to_lowercase()).as_deref() {
+            Some("track") if raw.get().len() > self.node.config.max_presence_bytes => {
+                self.node.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                self.close_channel(&m.topic, "Track message size exceeded")
+                    .await;
+            }
+            Some("track")
+                if self.node.registry.presence_full(
+                    &self.channels[i].key,
+                    self.conn,
+                    self.node.config.max_presence_entries,
+                ) =>
+            {
+                self.reply_reason(
+                    &m,
+                    "PresenceLimitReached: Too many presence entries on this topic",
+                );
+            }
             Some("track") => {
                 let payload = match push.payload {
                     Some(Value::Object(o)) => o,

@@ -98,6 +98,23 @@ pub struct Config {
     #[arg(long, env = "HUB_JOIN_BURST", default_value_t = 200)]
     pub join_burst: u32,
 
+    /// WebSocket and SSE connections one user (JWT `sub`) may have open on this node; beyond it
+    /// the upgrade is refused with 429. The service role and tokens without `sub` are not
+    /// counted (0: no limit).
+    #[arg(long, env = "HUB_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub connections_per_user: u32,
+
+    /// New connections per second from one IP address (bursts of twice that); beyond it the
+    /// hub answers 429 with `Retry-After` before reading the request (0: no limit).
+    #[arg(long, env = "HUB_CONNECTIONS_PER_SEC_PER_IP", default_value_t = 1000)]
+    pub connections_per_sec_per_ip: u32,
+
+    /// Browser origins allowed to open WebSockets and SSE streams and to call the REST API
+    /// (comma-separated, e.g. `https://app.example.com`); requests without an `Origin` header
+    /// (servers, CLIs) are always allowed. Empty: any origin.
+    #[arg(long, env = "HUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Broadcast and presence pushes per second per connection (bursts of twice that); beyond
     /// it the channel is closed with "Too many messages per second". The service role is exempt
     /// (0: no limit).
@@ -107,6 +124,16 @@ pub struct Config {
     /// The same across all connections of one user (JWT `sub`) (0: no limit).
     #[arg(long, env = "HUB_USER_MESSAGES_PER_SEC", default_value_t = 2000)]
     pub user_messages_per_sec: u32,
+
+    /// Largest presence `track` push, in bytes; beyond it the channel is closed with "Track
+    /// message size exceeded".
+    #[arg(long, env = "HUB_MAX_PRESENCE_BYTES", default_value_t = 64 * 1024)]
+    pub max_presence_bytes: usize,
+
+    /// Presence entries one topic may hold; a track that would add one more is refused with
+    /// `PresenceLimitReached`.
+    #[arg(long, env = "HUB_MAX_PRESENCE_ENTRIES", default_value_t = 10_000)]
+    pub max_presence_entries: usize,
 
     /// REST requests one user (JWT `sub`) may make per hour (seed 003); beyond it 429 with
     /// `Retry-After`. The service role is exempt (0: no limit).
@@ -279,6 +306,9 @@ impl Config {
             chat_input_per_hour: self.chat_input_per_hour,
             joins_per_sec: self.joins_per_sec,
             join_burst: self.join_burst,
+            max_presence_bytes: self.max_presence_bytes,
+            max_presence_entries: self.max_presence_entries,
+            connections_per_user: self.connections_per_user,
             messages_per_sec: self.messages_per_sec,
             user_messages_per_sec: self.user_messages_per_sec,
             terminal: channels::terminal::TerminalConfig {

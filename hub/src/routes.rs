@@ -47,8 +47,11 @@ pub fn router(state: AppState) -> Router {
         // SSE requests on a reused keep-alive connection (first requests never reach hyper).
         .route("/v1/sse/{*topic}", get(sse::over_http))
         .merge(rest)
-        .with_state(state);
-    with_error_handling(routes)
+        .with_state(state.clone());
+    // Outermost: a preflight is answered here, before routing and without being counted.
+    with_error_handling(routes).layer(crate::transport::origin::cors(
+        &state.config.allowed_origins,
+    ))
 }
 
 /// Wraps `routes` so that no request ends without a JSON answer and a request id: unknown routes

@@ -59,8 +59,13 @@ pub async fn serve(
             _ = &mut shutdown => break,
             _ = state.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => {
+                Ok((tcp, peer)) => {
                     backoff = Duration::from_millis(5);
+                    if state.conn_rate.check(&peer.ip().to_string()).is_err() {
+                        state.node.stats.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        state.tasks.spawn(refuse_busy(tcp));
+                        continue;
+                    }
                     let app = app.clone();
                     let state2 = state.clone();
                     state.tasks.spawn(serve_http(tcp, app, state2));
@@ -94,6 +99,41 @@ pub async fn serve(
     terminal_relay.abort();
     state.backends.close().await;
     Ok(())
+}
+
+/// Answers a connection over its address's rate (`--connections-per-sec-per-ip`) with a 429
+/// without routing, parsing or authenticating it: turning it away must cost less than serving
+/// it. The request head is read (briefly, bounded) and discarded first, because HTTP clients
+/// reject an answer that arrives before their request was sent, and closing with unread bytes
+/// would reset the connection before the client reads the answer.
+async fn refuse_busy(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const BODY: &str = r#"{"error":"Too many connections per second from this address"}"#;
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    // Short timeouts: a flood of refused connections must not pile up open sockets.
+    let mut chunk = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut seen = Vec::new();
+        while seen.len() < 16 * 1024 && !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut chunk).await? {
+                0 => break,
+                n => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.shutdown().await?;
+        while tcp.read(&mut chunk).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 async fn serve_http(tcp: TcpStream, app: axum::Router, state: AppState) {
@@ -160,6 +200,8 @@ async fn evict_history(state: AppState) {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {
+                state.conn_rate.shrink();
+                state.node.user_messages.shrink();
                 let freed = state.node.terminals.sweep(std::time::Instant::now());
                 if freed > 0 {
                     tracing::debug!(terminals = freed, "freed idle terminals");

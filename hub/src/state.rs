@@ -36,6 +36,8 @@ pub struct AppState {
     pub simulator: Option<Simulator>,
     /// REST requests per hour per user (`--rest-requests-per-hour`).
     pub rest_quota: Arc<crate::api::rate_limit::Quota>,
+    /// New connections per second per IP address (`--connections-per-sec-per-ip`).
+    pub conn_rate: Arc<channels::limits::KeyedLimiter>,
 }
 
 impl AppState {
@@ -78,7 +80,12 @@ impl AppState {
             config.rest_requests_per_hour,
             std::time::Duration::from_secs(3600),
         ));
+        let conn_rate = Arc::new(channels::limits::KeyedLimiter::per_second_burst(
+            config.connections_per_sec_per_ip,
+            config.connections_per_sec_per_ip.saturating_mul(2),
+        ));
         Self {
+            conn_rate,
             rest_quota,
             simulator,
             node: backends.node.clone(),

@@ -17,8 +17,8 @@ pub const AUTHENTICATED: &str = "authenticated";
 /// The backend's role, which may join any topic (`build:` topics of sessions it does not own).
 pub const SERVICE_ROLE: &str = "service_role";
 
-/// Mints an HS256 token with the given `role` and `sub`, valid for `valid_secs` plus an hour
-/// from `now_unix`.
+/// Mints an HS256 token with the given `role` and `sub` (none when empty), valid for
+/// `valid_secs` plus an hour from `now_unix`.
 pub fn mint(
     secret: &[u8],
     role: &str,
@@ -26,12 +26,14 @@ pub fn mint(
     now_unix: u64,
     valid_secs: u64,
 ) -> anyhow::Result<String> {
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "role": role,
-        "sub": sub,
         "iat": now_unix,
         "exp": now_unix + valid_secs + SLACK_SECS,
     });
+    if !sub.is_empty() {
+        claims["sub"] = sub.into();
+    }
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let body = URL_SAFE_NO_PAD.encode(claims.to_string());
     sign(&format!("{header}.{body}"), secret)
@@ -77,5 +79,10 @@ mod tests {
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
         assert_eq!(claims["role"], "service_role");
+        let t = mint(b"s", AUTHENTICATED, "", 1_000, 60).unwrap();
+        let body = t.split('.').nth(1).unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).unwrap()).unwrap();
+        assert!(claims.get("sub").is_none(), "{claims}");
     }
 }

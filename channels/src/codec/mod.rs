@@ -118,10 +118,51 @@ pub enum DecodeError {
     /// A binary frame on a V1 connection, which has no binary protocol.
     #[error("binary frames are only accepted with vsn=2.0.0")]
     BinaryOnV1,
+    /// JSON nested deeper than [`MAX_JSON_DEPTH`].
+    #[error("JSON nested deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Deepest JSON nesting accepted in a client message (the message array or object included).
+/// The frame's payload is kept as raw text and only parsed where needed (presence, chat
+/// input), and every parser on the way has its own recursion limit; refusing deep documents at
+/// the door means none of them, nor any client that receives the broadcast, meets one.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Whether `json` nests arrays and objects at most `max` deep (strings, with their escapes, are
+/// skipped). One pass over the bytes, no allocation; it does not validate the JSON.
+pub fn json_depth_within(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Decodes a text frame.
 pub fn decode_text(format: Format, text: &[u8]) -> Result<Inbound, DecodeError> {
+    if !json_depth_within(text, MAX_JSON_DEPTH) {
+        return Err(DecodeError::TooDeep);
+    }
     match format {
         Format::V1 => v1::decode(text),
         Format::V2 => v2::decode(text),
@@ -381,5 +422,19 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
         assert_eq!(v[3], "broadcast");
         assert_eq!(v[4]["event"], event.as_str());
+    }
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings_only() {
+        assert!(json_depth_within(br#"{"a":[1,{"b":[]}]}"#, 4));
+        assert!(!json_depth_within(br#"{"a":[1,{"b":[]}]}"#, 3));
+        // Brackets and escaped quotes inside strings do not count.
+        assert!(json_depth_within(br#"["[[[[\"{{{{", "]"]"#, 1));
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(!json_depth_within(deep.as_bytes(), MAX_JSON_DEPTH));
+        assert!(matches!(
+            decode_text(Format::V2, deep.as_bytes()),
+            Err(DecodeError::TooDeep)
+        ));
     }
 }

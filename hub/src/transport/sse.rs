@@ -98,6 +98,9 @@ pub async fn serve(mut tcp: TcpStream, state: AppState) {
 
 /// Authenticates, authorises and joins: the session is live when this returns `Ok`.
 async fn admit(state: &AppState, req: &Request) -> Result<(Session, Outbox), AppError> {
+    if !crate::transport::origin::allowed(&req.headers, &state.config.allowed_origins) {
+        return Err(AppError::new(ErrorCode::Forbidden, "Origin not allowed"));
+    }
     let token = credentials::jwt(&req.headers)
         .map(str::to_owned)
         .or_else(|| req.param("access_token").map(str::to_owned))
@@ -125,6 +128,11 @@ async fn admit(state: &AppState, req: &Request) -> Result<(Session, Outbox), App
         .map(Since::parse)
         .transpose()
         .map_err(|e| AppError::new(ErrorCode::ValidationError, e.to_string()))?;
+    let claim = state
+        .node
+        .user_connections
+        .claim(&principal)
+        .map_err(|e| AppError::new(ErrorCode::RateLimited, e.to_string()))?;
     let outbox = Outbox::new(state.node.config.outbox);
     let mut session = Session::new(
         state.node.clone(),
@@ -133,6 +141,7 @@ async fn admit(state: &AppState, req: &Request) -> Result<(Session, Outbox), App
         &token,
         principal,
     );
+    session.hold(claim);
     let first = OutFrame::Text(bytes::Bytes::from(sse::preamble(RETRY_MS)));
     session
         .join_stream(topic, since, first)

@@ -64,6 +64,9 @@ pub async fn upgrade(
         Ok(k) => k,
         Err(resp) => return *resp,
     };
+    if !crate::transport::origin::allowed(req.headers(), &state.config.allowed_origins) {
+        return upgrade_error(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
     let query = req.uri().query().unwrap_or("").to_owned();
     let param = |name: &str| query_param(&query, name).map(|v| v.into_owned());
     let token = credentials::jwt(req.headers())

@@ -39,6 +39,9 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
         Err(resp) => return *resp,
     };
     let headers = req.headers();
+    if !crate::transport::origin::allowed(headers, &state.config.allowed_origins) {
+        return upgrade_error(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
     let query = req.uri().query().unwrap_or("");
     let token = headers
         .get("x-api-key")
@@ -51,6 +54,10 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
     let principal = match state.verifier.verify(&token) {
         Ok(p) => p,
         Err(e) => return upgrade_error(StatusCode::UNAUTHORIZED, &connect_message(&e)),
+    };
+    let claim = match state.node.user_connections.claim(&principal) {
+        Ok(c) => c,
+        Err(e) => return upgrade_error(StatusCode::TOO_MANY_REQUESTS, &e.to_string()),
     };
     let vsn = query_param(query, "vsn");
     let Some(format) = Format::from_vsn(vsn.as_deref()) else {
@@ -78,7 +85,8 @@ pub async fn upgrade(State(state): State<AppState>, mut req: Request) -> Respons
             }
         };
         let outbox = Outbox::new(st.node.config.outbox);
-        let session = Session::new(st.node.clone(), format, outbox.clone(), &token, principal);
+        let mut session = Session::new(st.node.clone(), format, outbox.clone(), &token, principal);
+        session.hold(claim);
         let params = ConnParams {
             idle_timeout: st.config.idle_timeout,
             max_frame: st.config.max_frame_bytes,
