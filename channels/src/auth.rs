@@ -16,12 +16,19 @@ pub struct Principal {
     pub exp: u64,
     /// JWT `share_session`: the build session a share-token exchange granted read access to.
     pub share_session: Option<uuid::Uuid>,
+    /// JWT `grants`: the topics this token may reach (`None` when the claim is absent).
+    pub grants: Option<std::sync::Arc<crate::grants::Grants>>,
 }
 
 impl Principal {
     /// Whether this is the backend's service role, which may do anything.
     pub fn is_service(&self) -> bool {
         self.role == "service_role"
+    }
+
+    /// Whether the token's grants name `access` on the topic called `name`.
+    pub fn granted(&self, access: crate::kinds::Access, name: &str) -> bool {
+        self.grants.as_ref().is_some_and(|g| g.allows(access, name))
     }
 }
 
@@ -62,6 +69,9 @@ pub enum TokenError {
     /// `nbf` is in the future (beyond the leeway).
     #[error("The token is not valid yet")]
     NotYetValid,
+    /// The `grants` claim is present but malformed.
+    #[error("The token's grants claim is invalid: {0}")]
+    BadGrants(&'static str),
 }
 
 impl TokenError {
@@ -73,7 +83,8 @@ impl TokenError {
             | Self::MissingClaims
             | Self::WrongAudience
             | Self::WrongIssuer
-            | Self::NotYetValid => "InvalidJWTToken",
+            | Self::NotYetValid
+            | Self::BadGrants(_) => "InvalidJWTToken",
             Self::Malformed | Self::AlgorithmNotAccepted(_) => "MalformedJWT",
             Self::BadSignature | Self::UnknownKey => "JwtSignatureError",
         }

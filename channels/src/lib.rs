@@ -31,6 +31,7 @@ pub mod codec;
 pub mod connections;
 pub mod cursor;
 pub mod envelope;
+pub mod grants;
 pub mod history;
 pub mod kinds;
 pub mod limits;

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub user_messages_per_sec: u32,
     /// Terminal scrollback, per-user limit and idle lifetime.
     pub terminal: crate::terminal::TerminalConfig,
+    /// What a token without a `grants` claim reaches on rooms and chat streams (open by default,
+    /// like Supabase's public channels).
+    pub ungranted: crate::kinds::Ungranted,
 }
 
 impl Default for NodeConfig {
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
             messages_per_sec: 1000,
             user_messages_per_sec: 2000,
             terminal: crate::terminal::TerminalConfig::default(),
+            ungranted: crate::kinds::Ungranted::Open,
         }
     }
 }

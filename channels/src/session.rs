@@ -1112,6 +1112,7 @@ mod tests {
             sub: None,
             exp: now_secs(),
             share_session: None,
+            grants: None,
         };
         let mut session = Session::new(node, Format::Sse, outbox.clone(), "t", principal);
         let topic = TopicKey::new("room:exp", false).unwrap();

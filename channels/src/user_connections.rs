@@ -98,6 +98,7 @@ mod tests {
             sub: sub.map(str::to_owned),
             exp: u64::MAX,
             share_session: None,
+            grants: None,
         }
     }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use channels::auth::now_secs;
+use channels::grants::Grants;
 use channels::{Principal, TokenError, TokenVerifier};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -406,6 +407,12 @@ fn principal(claims: &Value) -> Result<Principal, TokenError> {
     let (Some(role), Some(exp)) = (role, exp) else {
         return Err(TokenError::MissingClaims);
     };
+    let grants = match claims.get("grants") {
+        None | Some(Value::Null) => None,
+        Some(g) => Some(std::sync::Arc::new(
+            Grants::from_claim(g).map_err(|e| TokenError::BadGrants(e.0))?,
+        )),
+    };
     Ok(Principal {
         role: role.to_owned(),
         sub: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
@@ -414,6 +421,7 @@ fn principal(claims: &Value) -> Result<Principal, TokenError> {
             .get("share_session")
             .and_then(Value::as_str)
             .and_then(|s| uuid::Uuid::parse_str(s).ok()),
+        grants,
     })
 }
 
@@ -517,6 +525,47 @@ mod tests {
             .unwrap();
         assert_eq!(p.role, "authenticated");
         assert_eq!(p.sub.as_deref(), Some("u1"));
+    }
+
+    #[test]
+    fn reads_grants_and_refuses_a_malformed_claim() {
+        use channels::kinds::Access;
+        let v = JwtVerifier::hs256(SECRET);
+        let p = v
+            .verify(&token(
+                json!({"role": "authenticated", "exp": now_secs() + 60,
+                "grants": {"read": ["room:team-42:*"]}}),
+            ))
+            .unwrap();
+        assert!(p.granted(Access::Read, "room:team-42:general"));
+        assert!(!p.granted(Access::Write, "room:team-42:general"));
+        assert!(!p.granted(Access::Read, "room:team-420:general"));
+        let p = v
+            .verify(&token(
+                json!({"role": "authenticated", "exp": now_secs() + 60}),
+            ))
+            .unwrap();
+        assert!(
+            p.grants.is_none(),
+            "no claim is no grants, not empty grants"
+        );
+        for bad in [
+            json!(["room:*"]),
+            json!({"read": "room:*"}),
+            json!({"root": ["*"]}),
+        ] {
+            let err = v
+                .verify(&token(
+                    json!({"role": "authenticated", "exp": now_secs() + 60,
+                    "grants": bad}),
+                ))
+                .unwrap_err();
+            assert!(matches!(err, TokenError::BadGrants(_)), "{err:?}");
+            assert!(
+                err.reason()
+                    .starts_with("InvalidJWTToken: The token's grants claim")
+            );
+        }
     }
 
     #[test]

@@ -121,6 +121,12 @@ pub struct Config {
     #[arg(long, env = "HUB_MESSAGES_PER_SEC", default_value_t = 1000)]
     pub messages_per_sec: u32,
 
+    /// Refuse rooms and chat streams to tokens without a `grants` claim (the service role
+    /// excepted). Without this flag such tokens reach any room, like Supabase's public channels;
+    /// a token that carries grants reaches only what they name either way.
+    #[arg(long, env = "HUB_REQUIRE_TOPIC_GRANTS")]
+    pub require_topic_grants: bool,
+
     /// The same across all connections of one user (JWT `sub`) (0: no limit).
     #[arg(long, env = "HUB_USER_MESSAGES_PER_SEC", default_value_t = 2000)]
     pub user_messages_per_sec: u32,
@@ -311,6 +317,11 @@ impl Config {
             connections_per_user: self.connections_per_user,
             messages_per_sec: self.messages_per_sec,
             user_messages_per_sec: self.user_messages_per_sec,
+            ungranted: if self.require_topic_grants {
+                channels::kinds::Ungranted::Closed
+            } else {
+                channels::kinds::Ungranted::Open
+            },
             terminal: channels::terminal::TerminalConfig {
                 scrollback: self.terminal_scrollback,
                 per_user: self.terminals_per_user,

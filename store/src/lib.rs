@@ -144,10 +144,12 @@ impl Backends {
         let sessions: Arc<dyn SessionStore> = Arc::new(MemorySessionStore::new(broker.clone()));
         let build: Arc<dyn channels::kinds::ChannelKind> =
             Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl));
-        let kinds = Kinds::default().with("build", build.clone()).with(
-            channels::terminal::KIND,
-            Arc::new(channels::kinds::TerminalKind::new(build)),
-        );
+        let kinds = Kinds::new(config.ungranted)
+            .with("build", build.clone())
+            .with(
+                channels::terminal::KIND,
+                Arc::new(channels::kinds::TerminalKind::new(build)),
+            );
         let node = Node::new(config, verifier, registry, broker, kinds);
         Self {
             node,
@@ -233,10 +235,12 @@ impl Backends {
         });
         let build: Arc<dyn channels::kinds::ChannelKind> =
             Arc::new(BuildKind::new(sessions.clone(), store.ownership_ttl));
-        let kinds = Kinds::default().with("build", build.clone()).with(
-            channels::terminal::KIND,
-            Arc::new(channels::kinds::TerminalKind::new(build)),
-        );
+        let kinds = Kinds::new(config.ungranted)
+            .with("build", build.clone())
+            .with(
+                channels::terminal::KIND,
+                Arc::new(channels::kinds::TerminalKind::new(build)),
+            );
         let node = Node::new(config, verifier, registry, broker, kinds);
         Ok(Self {
             node,

@@ -583,6 +583,12 @@ impl WsClient {
         self.next_ref.to_string()
     }
 
+    /// Records `join_ref` as `topic`'s join ref, for a join sent by hand with
+    /// [`WsClient::send_msg`] (later pushes on the topic carry it).
+    pub fn set_join_ref(&mut self, topic: &str, join_ref: &str) {
+        self.join_refs.insert(topic.to_owned(), join_ref.to_owned());
+    }
+
     /// The join ref of `topic`'s current channel.
     #[track_caller]
     pub fn join_ref(&self, topic: &str) -> String {

@@ -4,6 +4,7 @@
 //! - the session's owner (`created_by` = JWT `sub`) may read, broadcast and track presence;
 //! - a holder of the session's share token reads with a short-lived token the hub issues in
 //!   exchange (JWT claim `share_session` = the session id): read only;
+//! - a token whose grants name the topic (`crate::grants`) may do what they name;
 //! - everyone else is refused.
 //!
 //! Ownership lookups are cached for a short time (a reconnect storm must not query the store once
@@ -92,7 +93,7 @@ impl ChannelKind for BuildKind {
         topic: &TopicKey,
         access: Access,
     ) -> Result<(), Denied> {
-        if principal.is_service() {
+        if principal.is_service() || principal.granted(access, topic.name()) {
             return Ok(());
         }
         let denied = || Denied::unauthorized(access, topic);
@@ -131,6 +132,7 @@ mod tests {
             sub: sub.map(|u| u.to_string()),
             exp: u64::MAX,
             share_session: share,
+            grants: None,
         }
     }
 

@@ -54,6 +54,36 @@ impl Denied {
     }
 }
 
+/// What a token without a `grants` claim may do on rooms and chat streams (`--require-topic-grants`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ungranted {
+    /// Any valid token reaches them: Supabase's public channels, and the default.
+    #[default]
+    Open,
+    /// Only tokens whose grants name the topic (and the service role) reach them.
+    Closed,
+}
+
+/// The rule shared by rooms and chat reads: the service role may; a token with grants may do
+/// what they name and nothing else; a token without grants may when `ungranted` is open.
+pub fn granted_or(
+    ungranted: Ungranted,
+    principal: &Principal,
+    topic: &TopicKey,
+    access: Access,
+) -> Result<(), Denied> {
+    let ok = principal.is_service()
+        || match &principal.grants {
+            Some(g) => g.allows(access, topic.name()),
+            None => ungranted == Ungranted::Open,
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(Denied::unauthorized(access, topic))
+    }
+}
+
 /// The rules of one kind of topic.
 #[async_trait]
 pub trait ChannelKind: Send + Sync + fmt::Debug + 'static {
@@ -75,16 +105,25 @@ pub struct Kinds {
 
 impl Default for Kinds {
     fn default() -> Self {
-        let mut by_prefix: HashMap<String, Arc<dyn ChannelKind>> = HashMap::new();
-        by_prefix.insert(crate::chat::KIND.to_owned(), Arc::new(ChatKind));
-        Self {
-            by_prefix,
-            default: Arc::new(RoomKind),
-        }
+        Self::new(Ungranted::Open)
     }
 }
 
 impl Kinds {
+    /// Rooms (the default kind) and chat streams, with `ungranted` deciding what a token without
+    /// grants reaches there; other kinds are added with [`Kinds::with`].
+    pub fn new(ungranted: Ungranted) -> Self {
+        let mut by_prefix: HashMap<String, Arc<dyn ChannelKind>> = HashMap::new();
+        by_prefix.insert(
+            crate::chat::KIND.to_owned(),
+            Arc::new(ChatKind { ungranted }),
+        );
+        Self {
+            by_prefix,
+            default: Arc::new(RoomKind { ungranted }),
+        }
+    }
+
     /// Registers `kind` for topics `<prefix>:…`.
     pub fn with(mut self, prefix: &str, kind: Arc<dyn ChannelKind>) -> Self {
         self.by_prefix.insert(prefix.to_owned(), kind);

@@ -4,12 +4,14 @@
 //! - the service role;
 //! - the owner: JWT `sub` (a UUID) equal to `created_by`;
 //! - a share JWT from `POST /sessions/token` (claim `share_session` = the session id);
+//! - a token whose read grants name `build:<id>` (`channels::grants`): read only;
 //! - a caller presenting the session's share token.
 //!
 //! Anyone else is answered 404 exactly as for a session that does not exist, so ids cannot be
 //! probed for existence.
 
 use channels::Principal;
+use channels::kinds::Access;
 use channels::sessions::BuildSession;
 use uuid::Uuid;
 
@@ -52,7 +54,12 @@ pub fn viewer(
         if session.created_by.is_some() && owner_id(p) == session.created_by {
             return Some(Viewer::Owner);
         }
-        if p.share_session == Some(session.id) {
+        if p.share_session == Some(session.id)
+            || p.granted(
+                Access::Read,
+                channels::sessions::build_topic(session.id).name(),
+            )
+        {
             return Some(Viewer::ShareHolder);
         }
     }
@@ -97,6 +104,7 @@ mod tests {
             sub,
             exp: u64::MAX,
             share_session: share,
+            grants: None,
         }
     }
 

@@ -176,6 +176,7 @@ mod tests {
             sub: sub.map(str::to_owned),
             exp: u64::MAX,
             share_session: None,
+            grants: None,
         };
         let u = Uuid::new_v4();
         assert_eq!(

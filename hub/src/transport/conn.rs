@@ -548,6 +548,7 @@ mod tests {
             sub: None,
             exp: u64::MAX,
             share_session: None,
+            grants: None,
         };
         let session = Session::new(
             state.node.clone(),
