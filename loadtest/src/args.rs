@@ -256,6 +256,16 @@ pub struct FanoutArgs {
     /// Fail (exit code 3) when the server delivered fewer messages than this per CPU-second.
     #[arg(long)]
     pub expect_per_cpu: Option<f64>,
+
+    /// Add one abusive client while publishing: joins per second it sends, each on a new topic
+    /// (the hub allows 10/s per connection). 0: no flooder. See `scenarios/flooder.rs`.
+    #[arg(long, default_value_t = 0)]
+    pub flood_joins: u64,
+
+    /// The flooder's broadcasts per second on its own topic (the hub allows 1,000/s per
+    /// connection). 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub flood_messages: u64,
 }
 
 /// Flags of the `pg-feed` scenario.

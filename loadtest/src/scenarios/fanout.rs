@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::crowd::{self, Crowd};
+use super::flooder;
 use super::publisher::{self, Plan};
 use super::subscriber::Subscriber;
 use super::{Ctx, Window, cpu_delta, drain, rss};
@@ -22,7 +23,8 @@ use crate::metrics::{ShardedHist, Summary};
 use crate::progress::Progress;
 use crate::report::{Num, Report};
 use crate::session::{self, CLOSE_GRACE, End};
-use crate::{clock, phoenix};
+use crate::target::Target;
+use crate::{clock, phoenix, token};
 
 /// Initial read buffer of a subscriber: room for ~100 broadcasts of 100 B, so a task that falls
 /// behind catches up with few reads.
@@ -86,6 +88,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     let mut window = Window::default();
     let mut publisher = None;
     let mut published = None;
+    let mut flood = None;
     if args.publishers > 0 {
         ctx.live.set_phase("joining publisher");
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -94,6 +97,7 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
             Ok((mut conn, _)) => {
                 Live::add(&ctx.live.joined, 1);
                 ctx.live.set_phase("publishing");
+                flood = start_flooder(args, &ctx)?;
                 window.mark_start(&ctx);
                 let published =
                     publisher::publish(&mut conn, &plan, &ctx.stop, &ctx.live, c.heartbeat).await;
@@ -124,6 +128,10 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         window.mark_end(&ctx);
     }
 
+    let flooded = match flood {
+        Some(task) => Some(task.await?),
+        None => None,
+    };
     ctx.live.set_phase("closing");
     ctx.stop.cancel();
     let publisher_clean = match publisher.take() {
@@ -257,6 +265,48 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         Num::Int(clean),
         "",
     );
+    if let Some(f) = flooded {
+        r.param("flood_joins", args.flood_joins);
+        r.param("flood_messages", args.flood_messages);
+        let rows: [(&str, &str, u64); 9] = [
+            ("flood_connects", "flooder connections opened", f.connects),
+            (
+                "flood_connects_refused",
+                "flooder connections refused",
+                f.connects_refused,
+            ),
+            (
+                "flood_closed",
+                "flooder sockets closed by the hub",
+                f.closed_by_hub,
+            ),
+            ("flood_joins_sent", "flooder joins sent", f.joins_sent),
+            ("flood_joins_ok", "flooder joins accepted", f.joins_ok),
+            (
+                "flood_joins_limited",
+                "flooder joins refused (rate)",
+                f.joins_rate_limited,
+            ),
+            (
+                "flood_joins_other",
+                "flooder joins refused (other)",
+                f.joins_refused_other,
+            ),
+            (
+                "flood_messages_sent",
+                "flooder broadcasts sent",
+                f.messages_sent,
+            ),
+            (
+                "flood_messages_limited",
+                "flooder channels closed (rate)",
+                f.messages_limited,
+            ),
+        ];
+        for (key, label, n) in rows {
+            r.figure(key, label, Num::Int(n), "");
+        }
+    }
     r.latency("publish_receive", "publish→receive", Summary::of(&latency));
     r.latency("connect", "connect+upgrade", Summary::of(&opens.connect));
     r.latency("join", "join", Summary::of(&opens.join));
@@ -309,4 +359,37 @@ async fn first_delivery(ctx: &Ctx, limit: Duration) -> Option<Instant> {
         tokio::time::sleep(FIRST_POLL).await;
     }
     None
+}
+
+/// Starts the abusive client when `--flood-joins` or `--flood-messages` asks for one; it runs
+/// for the publishing window with a token of its own (`sub` = `loadtest-flooder`).
+fn start_flooder(
+    args: &FanoutArgs,
+    ctx: &Arc<Ctx>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<flooder::FloodStats>>> {
+    if args.flood_joins == 0 && args.flood_messages == 0 {
+        return Ok(None);
+    }
+    let c = &ctx.common;
+    let token = match (&c.token, &c.jwt_secret) {
+        (Some(t), _) => t.clone(),
+        (None, Some(secret)) => token::mint(
+            secret.as_bytes(),
+            token::AUTHENTICATED,
+            "loadtest-flooder",
+            clock::unix_secs(),
+            c.duration.as_secs() + 600,
+        )?,
+        (None, None) => anyhow::bail!("the flooder needs --token or --jwt-secret"),
+    };
+    let target = Target::parse(&c.url[0], &token).map_err(anyhow::Error::msg)?;
+    let plan = flooder::FloodPlan {
+        target,
+        index: args.spread.conns + 1,
+        prefix: args.spread.topic_prefix.clone(),
+        joins: args.flood_joins,
+        messages: args.flood_messages,
+        until: Instant::now() + c.duration,
+    };
+    Ok(Some(tokio::spawn(flooder::run(ctx.clone(), plan))))
 }

@@ -12,6 +12,7 @@
 
 pub mod crowd;
 pub mod fanout;
+pub mod flooder;
 pub mod idle;
 pub mod inserter;
 pub mod pg_feed;
