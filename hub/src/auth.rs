@@ -1,8 +1,8 @@
 //! JWT verification and development tokens.
 //!
 //! What is accepted is pinned by configuration ([`JwtSettings`]): the algorithms (HS256/384/512
-//! with the shared secret, RS256/384/512 and ES256/384 with public keys from PEM files or a JWKS
-//! file), and optionally the audiences and issuers. `none` cannot be configured, and each
+//! with the shared secret, RS256/384/512 and ES256/384 with public keys from PEM files, a JWKS
+//! file or a JWKS URL kept fresh by [`crate::jwks`]), and optionally the audiences and issuers. `none` cannot be configured, and each
 //! algorithm family only ever meets keys of its own family, so an RSA public key can never be
 //! used as an HMAC secret (the classic key-confusion forgery). `role` and `exp` are required.
 //! `nbf` gets a small leeway (a token minted by a server whose clock runs ahead is not refused);
@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -46,6 +46,11 @@ pub struct JwtSettings {
     pub secret: Vec<u8>,
     /// Public keys (RS*/ES*), each with its `kid` when it came from a JWKS.
     pub public_keys: Vec<PublicKey>,
+    /// Keys from a JWKS URL as first fetched; [`JwtVerifier::replace_remote_keys`] swaps them.
+    pub remote_keys: Vec<PublicKey>,
+    /// Whether a JWKS URL is configured: a token whose `kid` no key carries then asks the
+    /// refresher for an early fetch (the issuer may have rotated its keys).
+    pub remote: bool,
     /// Accepted `aud` values; empty: `aud` is not checked.
     pub audiences: Vec<String>,
     /// Accepted `iss` values; empty: `iss` is not checked.
@@ -61,6 +66,7 @@ impl fmt::Debug for JwtSettings {
         f.debug_struct("JwtSettings")
             .field("algorithms", &self.algorithms)
             .field("public_keys", &self.public_keys.len())
+            .field("remote_keys", &self.remote_keys.len())
             .field("audiences", &self.audiences)
             .field("issuers", &self.issuers)
             .field("leeway", &self.leeway)
@@ -75,6 +81,8 @@ impl JwtSettings {
             algorithms: vec![Algorithm::HS256],
             secret: secret.to_vec(),
             public_keys: Vec::new(),
+            remote_keys: Vec::new(),
+            remote: false,
             audiences: Vec::new(),
             issuers: Vec::new(),
             leeway: DEFAULT_LEEWAY,
@@ -112,6 +120,14 @@ pub enum KeyError {
         "{0:?} is accepted but no RSA/EC public key was configured (--jwt-public-key or --jwt-jwks)"
     )]
     NoKeyFor(Algorithm),
+    /// The JWKS URL could not be used at start.
+    #[error("JWKS from {url}: {reason}")]
+    Jwks {
+        /// The URL.
+        url: String,
+        /// What failed (connection, status, body).
+        reason: String,
+    },
 }
 
 /// Which public-key family a key belongs to; a token's `alg` only ever meets keys of its own.
@@ -256,6 +272,10 @@ impl TokenCache {
         map.insert(token.into(), p.clone());
     }
 
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Principal>> {
         // Each critical section is one lookup or insert: a panic cannot leave it half-done.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -267,6 +287,12 @@ pub struct JwtVerifier {
     settings: JwtSettings,
     secret: DecodingKey,
     cache: TokenCache,
+    /// The JWKS URL's current keys. Read once per verification (an `Arc` clone, the lock
+    /// released before any signature work); written only by the refresher.
+    remote: RwLock<Arc<[PublicKey]>>,
+    /// Woken when a token names a `kid` no key carries (see [`JwtSettings::remote`]). One stored
+    /// permit at most, so a storm of such tokens asks for one fetch, not thousands.
+    key_wanted: tokio::sync::Notify,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -287,7 +313,11 @@ impl JwtVerifier {
     pub fn new(settings: JwtSettings) -> Result<Self, KeyError> {
         for &alg in &settings.algorithms {
             if let Some(f) = family(alg)
-                && !settings.public_keys.iter().any(|k| k.family == f)
+                && !settings
+                    .public_keys
+                    .iter()
+                    .chain(&settings.remote_keys)
+                    .any(|k| k.family == f)
             {
                 return Err(KeyError::NoKeyFor(alg));
             }
@@ -295,8 +325,11 @@ impl JwtVerifier {
         Ok(Self::build(settings))
     }
 
-    fn build(settings: JwtSettings) -> Self {
+    fn build(mut settings: JwtSettings) -> Self {
+        let remote = std::mem::take(&mut settings.remote_keys);
         Self {
+            remote: RwLock::new(remote.into()),
+            key_wanted: tokio::sync::Notify::new(),
             secret: DecodingKey::from_secret(&settings.secret),
             cache: TokenCache {
                 capacity: settings.cache_size,
@@ -304,6 +337,26 @@ impl JwtVerifier {
             },
             settings,
         }
+    }
+
+    /// Replaces the JWKS URL's keys and forgets every verified token, so a key the issuer
+    /// withdrew stops verifying at once (its tokens are checked again against the new set).
+    pub fn replace_remote_keys(&self, keys: Vec<PublicKey>) {
+        let keys: Arc<[PublicKey]> = keys.into();
+        *self.remote.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        self.cache.clear();
+    }
+
+    /// Completes when a token asked for a key no current key carries (the refresher waits on it).
+    pub async fn key_wanted(&self) {
+        self.key_wanted.notified().await;
+    }
+
+    fn remote_keys(&self) -> Arc<[PublicKey]> {
+        self.remote
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The secret the hub signs its own tokens with.
@@ -354,13 +407,27 @@ impl JwtVerifier {
             Some(f) => {
                 // Keys of the token's family; with a `kid`, only the keys carrying it (keys
                 // from PEM files have none and are tried for any token).
-                let mut candidates = self.settings.public_keys.iter().filter(|k| {
-                    k.family == f
-                        && match (&header.kid, &k.kid) {
-                            (Some(want), Some(have)) => want == have,
-                            _ => true,
-                        }
-                });
+                let remote = self.remote_keys();
+                let mut candidates = self
+                    .settings
+                    .public_keys
+                    .iter()
+                    .chain(remote.iter())
+                    .filter(|k| {
+                        k.family == f
+                            && match (&header.kid, &k.kid) {
+                                (Some(want), Some(have)) => want == have,
+                                _ => true,
+                            }
+                    });
+                if self.settings.remote
+                    && let Some(want) = &header.kid
+                    && !remote.iter().any(|k| k.kid.as_ref() == Some(want))
+                {
+                    // Perhaps rotated in since the last fetch: ask for an early one. This
+                    // token is still judged by the keys at hand (the client retries).
+                    self.key_wanted.notify_one();
+                }
                 let Some(first) = candidates.next() else {
                     return Err(TokenError::UnknownKey);
                 };

@@ -44,6 +44,25 @@ pub struct Config {
     #[arg(long, env = "HUB_JWT_JWKS")]
     pub jwt_jwks: Option<PathBuf>,
 
+    /// A JWKS URL (http:// or https://), e.g. an identity provider's
+    /// `/.well-known/jwks.json`: fetched at start (the hub does not start without it), then
+    /// refreshed; a token's `kid` picks its key.
+    #[arg(long, env = "HUB_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS URL is fetched again.
+    #[arg(long, env = "HUB_JWT_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// Least time between two JWKS fetches. A token naming an unknown `kid` triggers an early
+    /// fetch (keys rotated), at most this often, so made-up `kid`s cannot flood the provider.
+    #[arg(long, env = "HUB_JWT_JWKS_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_jwks_cooldown: Duration,
+
+    /// A PEM file with extra CA certificates trusted for the JWKS URL (besides the system's).
+    #[arg(long, env = "HUB_JWT_JWKS_CA")]
+    pub jwt_jwks_ca: Option<PathBuf>,
+
     /// Accepted `aud` values (comma-separated); when set, a token without one of them is refused.
     #[arg(long, env = "HUB_JWT_AUDIENCE", value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
@@ -278,6 +297,8 @@ impl Config {
             algorithms,
             secret: secret.to_vec(),
             public_keys,
+            remote_keys: Vec::new(),
+            remote: self.jwt_jwks_url.is_some(),
             audiences: self.jwt_audience.clone(),
             issuers: self.jwt_issuer.clone(),
             leeway: self.jwt_leeway,

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod jwks;
 pub mod routes;
 pub mod server;
 pub mod simulate;

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, KeyError};
 use crate::config::Config;
+use crate::jwks::{JwksSource, RefreshTiming};
 use crate::simulate::Simulator;
 
 /// Cheap to clone; everything inside is shared.
@@ -45,6 +46,12 @@ impl AppState {
     /// `database_url`; tests use it to get a hub without any I/O at start). Fails only when the
     /// token settings do (a key file that cannot be read, an algorithm without a key).
     pub fn memory(config: Config, secret: &str) -> Result<Self, KeyError> {
+        if let Some(url) = &config.jwt_jwks_url {
+            return Err(KeyError::Jwks {
+                url: url.clone(),
+                reason: "a JWKS URL is fetched at start: use AppState::connect".into(),
+            });
+        }
         let verifier = Arc::new(config.jwt_verifier(secret.as_bytes())?);
         let backends = Backends::memory(
             config.node_config(),
@@ -57,11 +64,18 @@ impl AppState {
     /// State on the backends the configuration names: Postgres when `database_url` is set
     /// (connects and migrates), memory otherwise.
     pub async fn connect(config: Config, secret: &str) -> anyhow::Result<Self> {
-        let verifier = Arc::new(
-            config
-                .jwt_verifier(secret.as_bytes())
-                .context("loading the JWT settings")?,
-        );
+        let mut settings = config
+            .jwt_settings(secret.as_bytes())
+            .context("loading the JWT settings")?;
+        let mut jwks = None;
+        if let Some(url) = &config.jwt_jwks_url {
+            let source = JwksSource::new(url, config.jwt_jwks_ca.as_deref())?;
+            let (body, keys) = source.fetch().await?;
+            tracing::info!(url = %url, keys = keys.len(), "fetched the JWKS");
+            settings.remote_keys = keys;
+            jwks = Some((source, body));
+        }
+        let verifier = Arc::new(JwtVerifier::new(settings).context("checking the JWT settings")?);
         let backends = Backends::connect(
             config.node_config(),
             verifier.clone(),
@@ -69,7 +83,21 @@ impl AppState {
         )
         .await
         .context("starting the backends")?;
-        Ok(Self::with_backends(config, verifier, backends))
+        let timing = RefreshTiming {
+            every: config.jwt_jwks_refresh,
+            cooldown: config.jwt_jwks_cooldown,
+        };
+        let state = Self::with_backends(config, verifier, backends);
+        if let Some((source, body)) = jwks {
+            tokio::spawn(crate::jwks::refresh(
+                source,
+                state.verifier.clone(),
+                timing,
+                body,
+                state.shutdown.clone(),
+            ));
+        }
+        Ok(state)
     }
 
     fn with_backends(config: Config, verifier: Arc<JwtVerifier>, backends: Backends) -> Self {

@@ -68,6 +68,19 @@ impl TestHub {
         Self::serve(AppState::memory(cfg, SECRET).expect("test token settings are valid")).await
     }
 
+    /// A hub started the way `hub serve` starts one (`AppState::connect`: fetches a JWKS URL,
+    /// connects the backends the configuration names), or the error that stopped it, with its
+    /// causes, after at most 30 s.
+    pub async fn try_spawn_connected(tweak: impl FnOnce(&mut Config)) -> Result<Self, String> {
+        let mut cfg = Config::for_tests(SECRET);
+        tweak(&mut cfg);
+        let state = tokio::time::timeout(Duration::from_secs(30), AppState::connect(cfg, SECRET))
+            .await
+            .map_err(|_| "timed out after 30 s starting the hub".to_owned())?
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(Self::serve(state).await)
+    }
+
     /// A hub on Postgres at `database_url` (migrations applied, feed started), its test
     /// configuration adjusted by `tweak` first. See [`pg::TestDb`] for a database per test.
     pub async fn spawn_pg(database_url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
