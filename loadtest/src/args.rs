@@ -51,6 +51,26 @@ pub enum Scenario {
     /// Terminals (`GET /v1/terminal/{id}`): keystroke→echo round trip through the hub and a real
     /// PTY agent, or host output fanned out to viewers (throughput, every byte in order).
     Terminal(TerminalArgs),
+    /// Many rooms, each with its members and its own message rate (a `fanout` run over
+    /// `--rooms` topics): delivery, publish→receive latency, server CPU.
+    Rooms(RoomsArgs),
+    /// `fanout` with the subscribers spread over two or more hub URLs (nodes sharing channels
+    /// over Redis): the figures of `fanout` plus delivery per node.
+    Multinode(FanoutArgs),
+    /// Abuse: a quiet `fanout` run, then the same run with one client flooding joins and
+    /// messages far above its limits; the crowd's p99 in both and their ratio, and what the
+    /// hub refused the flooder.
+    Flood(FloodArgs),
+    /// Connections that keep coming and going (connect, join, stay, leave, close) at a set
+    /// rate: open/join/leave latency under churn, failures, server memory left behind.
+    Churn(ChurnArgs),
+    /// Presence storms: trackers tracking and untracking in turn while watchers follow the
+    /// diffs: track→diff latency, diffs delivered, and that every watcher ends with exactly the
+    /// presence state the trackers left.
+    Presence(PresenceArgs),
+    /// A blend run at once in one process: rooms (WebSocket fan-out), chat token streams over
+    /// SSE, connection churn and presence storms; each part's figures and checks.
+    Mixed(MixedArgs),
 }
 
 impl Scenario {
@@ -62,6 +82,12 @@ impl Scenario {
             Self::PgFeed(a) => &a.common,
             Self::Sse(a) => &a.common,
             Self::Terminal(a) => &a.common,
+            Self::Rooms(a) => &a.common,
+            Self::Multinode(a) => &a.common,
+            Self::Flood(a) => &a.common,
+            Self::Churn(a) => &a.common,
+            Self::Presence(a) => &a.common,
+            Self::Mixed(a) => &a.common,
         }
     }
 
@@ -80,6 +106,14 @@ impl Scenario {
                 TerminalMode::Echo => 1,
                 TerminalMode::Output => a.viewers.saturating_add(1),
             },
+            Self::Rooms(a) => a.rooms.saturating_mul(a.members).saturating_add(1),
+            Self::Multinode(a) => a.spread.conns + usize::from(a.publishers),
+            // The flooder reconnects, but holds one socket at a time.
+            Self::Flood(a) => a.spread.conns + 2,
+            Self::Churn(a) => a.in_flight(),
+            Self::Presence(a) => a.topics.saturating_mul(a.watchers + a.trackers),
+            // Parts run at once; each checks its own share when it starts.
+            Self::Mixed(a) => a.sockets(),
         }
     }
 }
@@ -266,6 +300,360 @@ pub struct FanoutArgs {
     /// connection). 0: none.
     #[arg(long, default_value_t = 0)]
     pub flood_messages: u64,
+}
+
+/// Flags of the `rooms` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct RoomsArgs {
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Rooms (topics `realtime:<prefix>-<k>`). One publisher connection joins every room, so at
+    /// most the hub's channels per connection (100 by default).
+    #[arg(long, default_value_t = 100)]
+    pub rooms: usize,
+
+    /// Members joined to each room.
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+
+    /// Messages per second published in each room.
+    #[arg(long, default_value_t = 10)]
+    pub rate: u64,
+
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+
+    /// How long to wait for stragglers after publishing ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Broadcast event name.
+    #[arg(long, default_value = "lt")]
+    pub event: String,
+
+    /// Topic name prefix.
+    #[arg(long, default_value = "rooms")]
+    pub topic_prefix: String,
+
+    /// Fail (exit code 3) when the server delivered fewer messages than this per CPU-second.
+    #[arg(long)]
+    pub expect_per_cpu: Option<f64>,
+}
+
+/// Largest `--rooms`: the publisher joins every room on one connection, and the hub allows 100
+/// channels per connection by default.
+pub const MAX_ROOMS: usize = 100;
+
+impl RoomsArgs {
+    /// The `fanout` run this is: members × rooms subscribers over `rooms` topics, the rate
+    /// summed over rooms (the publisher goes round-robin, so each room gets `rate`).
+    pub fn fanout(&self) -> FanoutArgs {
+        FanoutArgs {
+            common: self.common.clone(),
+            spread: Spread {
+                conns: self.rooms * self.members,
+                topics: self.rooms,
+                topic_prefix: self.topic_prefix.clone(),
+            },
+            rate: self.rate * self.rooms as u64,
+            size: self.size,
+            publishers: 1,
+            grace: self.grace,
+            start_timeout: Duration::from_secs(60),
+            event: self.event.clone(),
+            expect_per_cpu: self.expect_per_cpu,
+            flood_joins: 0,
+            flood_messages: 0,
+        }
+    }
+}
+
+/// Flags of the `flood` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct FloodArgs {
+    /// Shared flags; `--duration` is each run's (quiet, then flooded). `--expect-p99` and
+    /// `--expect-delivered` apply to the crowd in both runs.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// The well-behaved crowd (`--conns`, 1,000 in the security issue) and its topics.
+    #[command(flatten)]
+    pub spread: Spread,
+
+    /// Messages per second published to the crowd, over all its topics.
+    #[arg(long, default_value_t = 50)]
+    pub rate: u64,
+
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+
+    /// How long to wait for stragglers after publishing ends.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Broadcast event name.
+    #[arg(long, default_value = "lt")]
+    pub event: String,
+
+    /// The flooder's joins per second, each on a new topic (the hub allows 10/s).
+    #[arg(long, default_value_t = 1000)]
+    pub joins: u64,
+
+    /// The flooder's broadcasts per second (the hub allows 1,000/s per connection).
+    #[arg(long, default_value_t = 50_000)]
+    pub messages: u64,
+
+    /// Fail (exit code 3) when the crowd's p99 under the flood is more than this many times
+    /// its quiet p99 (the security issue asks for 2).
+    #[arg(long)]
+    pub expect_ratio: Option<f64>,
+}
+
+impl FloodArgs {
+    /// One of the two runs: the same crowd and publisher on topics of their own, with the
+    /// flooder or without.
+    pub fn phase(&self, flooded: bool) -> FanoutArgs {
+        let (suffix, joins, messages) = if flooded {
+            ("flooded", self.joins, self.messages)
+        } else {
+            ("quiet", 0, 0)
+        };
+        FanoutArgs {
+            common: self.common.clone(),
+            spread: Spread {
+                conns: self.spread.conns,
+                topics: self.spread.topics,
+                topic_prefix: format!("{}-{suffix}", self.spread.topic_prefix),
+            },
+            rate: self.rate,
+            size: self.size,
+            publishers: 1,
+            grace: self.grace,
+            start_timeout: Duration::from_secs(60),
+            event: self.event.clone(),
+            expect_per_cpu: None,
+            flood_joins: joins,
+            flood_messages: messages,
+        }
+    }
+}
+
+/// Flags of the `churn` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Shared flags; `--duration` is how long new connections are started. `--expect-p99`
+    /// applies to connect+join, `--expect-delivered` to cycles completed / started.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Connection cycles started per second (each: connect, join, stay, leave, close). The hub
+    /// admits 1,000 new connections per second per client address: spread higher rates over
+    /// `--src-ips`.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u64,
+
+    /// How long each connection stays joined before it leaves.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub stay: Duration,
+
+    /// Topics the cycles join, round-robin (`realtime:<prefix>-<k>`).
+    #[arg(long, default_value_t = 10)]
+    pub topics: usize,
+
+    /// Topic name prefix.
+    #[arg(long, default_value = "churn")]
+    pub topic_prefix: String,
+
+    /// Longest wait for the server's RSS to settle after the last cycle.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle: Duration,
+
+    /// Fail (exit code 3) when the server's RSS grew by more than this many bytes over the run
+    /// (after settling): memory the connections left behind.
+    #[arg(long)]
+    pub expect_rss_growth: Option<f64>,
+}
+
+impl ChurnArgs {
+    /// Most cycles that can be open at once: those started within one stay plus the connect
+    /// and join timeouts. More than that are skipped (and counted), never queued.
+    pub fn in_flight(&self) -> usize {
+        let span = self.stay + self.common.connect_timeout + self.common.join_timeout;
+        let n = (self.rate as f64 * span.as_secs_f64()).ceil() as usize;
+        n.clamp(1, CHURN_MAX_IN_FLIGHT)
+    }
+}
+
+/// Most churn cycles one process holds open at once (about its open-file limit here).
+pub const CHURN_MAX_IN_FLIGHT: usize = 19_000;
+
+/// Flags of the `presence` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    /// Shared flags; `--duration` is how long the storm lasts. `--expect-p99` applies to
+    /// track→diff, `--expect-delivered` to presence changes seen / expected.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Topics (`realtime:<prefix>-<k>`), each with its trackers and watchers.
+    #[arg(long, default_value_t = 10)]
+    pub topics: usize,
+
+    /// Connections per topic that track and untrack in turn, each under its own key.
+    #[arg(long, default_value_t = 10)]
+    pub trackers: usize,
+
+    /// Connections per topic that only follow the presence state and diffs.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+
+    /// Presence changes (a track or an untrack) per second on each topic, spread over its
+    /// trackers.
+    #[arg(long, default_value_t = 20)]
+    pub rate: u64,
+
+    /// Topic name prefix. Default `presence-<pid>`: fresh topics each run.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+
+    /// How long to wait for the last diffs after the storm.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+/// Flags of the `mixed` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct MixedArgs {
+    /// Shared flags; every part runs for `--duration`, all at once.
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Rooms part: rooms (0: no rooms part).
+    #[arg(long, default_value_t = 50)]
+    pub rooms: usize,
+
+    /// Rooms part: members per room.
+    #[arg(long, default_value_t = 40)]
+    pub members: usize,
+
+    /// Rooms part: messages per second in each room.
+    #[arg(long, default_value_t = 5)]
+    pub room_rate: u64,
+
+    /// SSE part: chat streams, each read by one `EventSource`-like reader (0: no SSE part).
+    #[arg(long, default_value_t = 500)]
+    pub streams: usize,
+
+    /// SSE part: tokens per second on each stream.
+    #[arg(long, default_value_t = 20)]
+    pub token_rate: u64,
+
+    /// Churn part: connection cycles per second (0: no churn part).
+    #[arg(long, default_value_t = 100)]
+    pub churn_rate: u64,
+
+    /// Presence part: topics, each with 10 trackers and 20 watchers (0: no presence part).
+    #[arg(long, default_value_t = 5)]
+    pub presence_topics: usize,
+
+    /// Presence part: changes per second on each topic.
+    #[arg(long, default_value_t = 10)]
+    pub presence_rate: u64,
+}
+
+impl MixedArgs {
+    /// Connections of every part together.
+    pub fn sockets(&self) -> usize {
+        let rooms = self.rooms_part().map_or(0, |r| r.rooms * r.members + 1);
+        let sse = self.sse_part().map_or(0, |s| s.conns + s.publishers());
+        let churn = self.churn_part().map_or(0, |c| c.in_flight());
+        let presence = self
+            .presence_part()
+            .map_or(0, |p| p.topics * (p.trackers + p.watchers));
+        rooms + sse + churn + presence
+    }
+
+    /// Every part's common flags: this run's, without its own progress line (the parts run at
+    /// once) and without the thresholds, which each part sets for itself.
+    fn part_common(&self) -> Common {
+        let mut c = self.common.clone();
+        c.progress = ProgressMode::Off;
+        c.json = None;
+        c.expect_p99 = None;
+        c.expect_delivered = None;
+        c
+    }
+
+    /// The rooms part, unless `--rooms 0`.
+    pub fn rooms_part(&self) -> Option<RoomsArgs> {
+        (self.rooms > 0 && self.members > 0).then(|| RoomsArgs {
+            common: self.part_common(),
+            rooms: self.rooms,
+            members: self.members,
+            rate: self.room_rate,
+            size: 100,
+            grace: Duration::from_secs(5),
+            event: "lt".into(),
+            topic_prefix: format!("mixed-{}-rooms", std::process::id()),
+            expect_per_cpu: None,
+        })
+    }
+
+    /// The SSE part, unless `--streams 0`: chat topics, one reader each.
+    pub fn sse_part(&self) -> Option<SseArgs> {
+        (self.streams > 0).then(|| SseArgs {
+            common: self.part_common(),
+            mode: SseMode::Topics,
+            conns: self.streams,
+            topics: Some(self.streams),
+            topic_prefix: Some(format!("mixed-{}-sse", std::process::id())),
+            kind: SseKind::Chat,
+            rate: self.token_rate,
+            size: 100,
+            publishers: None,
+            channels_per_publisher: 100,
+            event: "lt".into(),
+            auth: crate::sse::Auth::Query,
+            grace: Duration::from_secs(5),
+            settle: Duration::from_secs(10),
+            warmup: None,
+            expect_rss_per_conn: None,
+            expect_rate: None,
+            expect_per_cpu: None,
+            expect_duplicates: None,
+            expect_in_order: false,
+        })
+    }
+
+    /// The churn part, unless `--churn-rate 0`.
+    pub fn churn_part(&self) -> Option<ChurnArgs> {
+        (self.churn_rate > 0).then(|| ChurnArgs {
+            common: self.part_common(),
+            rate: self.churn_rate,
+            stay: Duration::from_secs(1),
+            topics: 10,
+            topic_prefix: format!("mixed-{}-churn", std::process::id()),
+            settle: Duration::ZERO,
+            expect_rss_growth: None,
+        })
+    }
+
+    /// The presence part, unless `--presence-topics 0`.
+    pub fn presence_part(&self) -> Option<PresenceArgs> {
+        (self.presence_topics > 0).then(|| PresenceArgs {
+            common: self.part_common(),
+            topics: self.presence_topics,
+            trackers: 10,
+            watchers: 20,
+            rate: self.presence_rate,
+            topic_prefix: Some(format!("mixed-{}-presence", std::process::id())),
+            grace: Duration::from_secs(5),
+        })
+    }
 }
 
 /// Flags of the `pg-feed` scenario.
@@ -649,7 +1037,98 @@ pub fn validate(scenario: &Scenario) -> Result<(), String> {
         Scenario::PgFeed(p) => validate_pg_feed(p),
         Scenario::Sse(a) => validate_sse(a),
         Scenario::Terminal(a) => validate_terminal(a),
+        Scenario::Rooms(a) => validate_rooms(a),
+        Scenario::Multinode(f) => {
+            if f.common.url.len() < 2 {
+                return Err("multinode needs two or more --url endpoints (comma separated)".into());
+            }
+            validate_fanout(f)
+        }
+        Scenario::Flood(a) => {
+            if a.joins == 0 && a.messages == 0 {
+                return Err("--joins and --messages cannot both be 0: nothing would flood".into());
+            }
+            if a.expect_ratio.is_some_and(|r| r.is_nan() || r <= 0.0) {
+                return Err("--expect-ratio must be positive".into());
+            }
+            validate_fanout(&a.phase(true))
+        }
+        Scenario::Churn(a) => validate_churn(a),
+        Scenario::Presence(a) => validate_presence(a),
+        Scenario::Mixed(a) => validate_mixed(a),
     }
+}
+
+fn validate_rooms(a: &RoomsArgs) -> Result<(), String> {
+    if a.rooms == 0 || a.members == 0 {
+        return Err("--rooms and --members must be at least 1".into());
+    }
+    if a.rooms > MAX_ROOMS {
+        return Err(format!(
+            "--rooms is at most {MAX_ROOMS}: one publisher joins every room, and the hub allows \
+             {MAX_ROOMS} channels per connection (run several processes with their own \
+             --topic-prefix for more)"
+        ));
+    }
+    validate_fanout(&a.fanout())
+}
+
+fn validate_churn(a: &ChurnArgs) -> Result<(), String> {
+    if a.rate == 0 {
+        return Err("--rate must be at least 1".into());
+    }
+    if a.topics == 0 {
+        return Err("--topics must be at least 1".into());
+    }
+    if messages_total(a.rate, a.common.duration) > MAX_CONNS as u64 * 10 {
+        return Err(format!(
+            "--rate × --duration is at most {} cycles per run",
+            MAX_CONNS * 10
+        ));
+    }
+    Ok(())
+}
+
+fn validate_presence(a: &PresenceArgs) -> Result<(), String> {
+    if a.topics == 0 || a.trackers == 0 || a.watchers == 0 {
+        return Err("--topics, --trackers and --watchers must be at least 1".into());
+    }
+    if a.rate == 0 {
+        return Err("--rate must be at least 1".into());
+    }
+    if a.topics.saturating_mul(a.trackers + a.watchers) > MAX_CONNS {
+        return Err(format!("at most {MAX_CONNS} connections per process"));
+    }
+    if messages_total(a.rate, a.common.duration).saturating_mul(a.topics as u64) > MAX_MESSAGES {
+        return Err(format!(
+            "--rate × --duration × --topics is at most {MAX_MESSAGES} presence changes"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_mixed(a: &MixedArgs) -> Result<(), String> {
+    let mut parts = 0;
+    if let Some(r) = a.rooms_part() {
+        validate_rooms(&r).map_err(|e| format!("rooms part: {e}"))?;
+        parts += 1;
+    }
+    if let Some(s) = a.sse_part() {
+        validate_sse(&s).map_err(|e| format!("sse part: {e}"))?;
+        parts += 1;
+    }
+    if let Some(c) = a.churn_part() {
+        validate_churn(&c).map_err(|e| format!("churn part: {e}"))?;
+        parts += 1;
+    }
+    if let Some(p) = a.presence_part() {
+        validate_presence(&p).map_err(|e| format!("presence part: {e}"))?;
+        parts += 1;
+    }
+    if parts == 0 {
+        return Err("every part is switched off: nothing to run".into());
+    }
+    Ok(())
 }
 
 /// `--conns` and `--topics`; `--conns 0` only when this process publishes.

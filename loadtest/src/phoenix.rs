@@ -25,6 +25,55 @@ pub fn join(join_ref: &str, topic: &str) -> Vec<u8> {
     })
 }
 
+/// `["<jr>","<ref>","<topic>","phx_leave",{}]`.
+pub fn leave(join_ref: &str, msg_ref: &str, topic: &str) -> Vec<u8> {
+    let jr = Ref::from_plain(join_ref);
+    let r = Ref::from_plain(msg_ref);
+    v2::encode(Outbound {
+        join_ref: Some(&jr),
+        msg_ref: Some(&r),
+        topic,
+        event: "phx_leave",
+        payload: "{}",
+    })
+}
+
+/// A join with presence enabled under `key`, otherwise as [`JOIN_PAYLOAD`].
+pub fn join_presence(join_ref: &str, topic: &str, key: &str) -> Vec<u8> {
+    let r = Ref::from_plain(join_ref);
+    let payload = serde_json::json!({"config": {
+        "broadcast": {"ack": false, "self": false},
+        "presence": {"key": key, "enabled": true},
+        "postgres_changes": [],
+        "private": false,
+    }})
+    .to_string();
+    v2::encode(Outbound {
+        join_ref: Some(&r),
+        msg_ref: Some(&r),
+        topic,
+        event: "phx_join",
+        payload: &payload,
+    })
+}
+
+/// A presence `track` of `payload` (a JSON object) or, with `None`, an `untrack`.
+pub fn presence(join_ref: &str, msg_ref: &str, topic: &str, payload: Option<&str>) -> Vec<u8> {
+    let jr = Ref::from_plain(join_ref);
+    let r = Ref::from_plain(msg_ref);
+    let body = match payload {
+        Some(p) => format!(r#"{{"type":"presence","event":"track","payload":{p}}}"#),
+        None => r#"{"type":"presence","event":"untrack"}"#.to_owned(),
+    };
+    v2::encode(Outbound {
+        join_ref: Some(&jr),
+        msg_ref: Some(&r),
+        topic,
+        event: "presence",
+        payload: &body,
+    })
+}
+
 /// `[null,"<ref>","phoenix","heartbeat",{}]`.
 pub fn heartbeat(msg_ref: u64) -> Vec<u8> {
     let r = Ref::from_plain(&msg_ref.to_string());
@@ -112,6 +161,23 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&heartbeat(9)).unwrap(),
             r#"[null,"9","phoenix","heartbeat",{}]"#
+        );
+        assert_eq!(
+            std::str::from_utf8(&leave("1", "2", "realtime:r")).unwrap(),
+            r#"["1","2","realtime:r","phx_leave",{}]"#
+        );
+        assert_eq!(
+            std::str::from_utf8(&presence("1", "3", "realtime:r", Some(r#"{"t":5}"#))).unwrap(),
+            r#"["1","3","realtime:r","presence",{"type":"presence","event":"track","payload":{"t":5}}]"#
+        );
+        assert_eq!(
+            std::str::from_utf8(&presence("1", "4", "realtime:r", None)).unwrap(),
+            r#"["1","4","realtime:r","presence",{"type":"presence","event":"untrack"}]"#
+        );
+        let j = String::from_utf8(join_presence("1", "realtime:r", "k7")).unwrap();
+        assert!(
+            j.contains(r#""presence":{"enabled":true,"key":"k7"}"#),
+            "{j}"
         );
     }
 

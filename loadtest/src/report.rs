@@ -113,6 +113,37 @@ impl Report {
         }
     }
 
+    /// Names the report after the scenario that ran, when it reused another's run (`rooms` and
+    /// `multinode` are `fanout` runs).
+    pub fn set_scenario(&mut self, scenario: &'static str) {
+        self.scenario = scenario;
+    }
+
+    /// A latency summary by key.
+    pub fn latency_of(&self, key: &str) -> Option<&Summary> {
+        self.latencies
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, _, s)| s)
+    }
+
+    /// Takes over `other`'s error counts and checks, each named with `prefix` (the part of a
+    /// scenario made of several runs that they came from).
+    pub fn absorb(&mut self, other: &Report, prefix: &str) {
+        for (k, n) in &other.errors {
+            self.error(format!("{prefix}: {k}"), *n);
+        }
+        for c in &other.checks {
+            self.checks.push(Check {
+                name: format!("{prefix}: {}", c.name),
+                ..c.clone()
+            });
+        }
+        if other.interrupted {
+            self.interrupted = true;
+        }
+    }
+
     /// Adds a sentence on how to read the figures, shown under the latencies.
     pub fn note(&mut self, text: impl Into<String>) {
         self.notes.push(text.into());

@@ -77,6 +77,16 @@ pub async fn open(
     live: &Live,
     topics: &[&str],
 ) -> Result<(WsConn, Opened), OpenError> {
+    open_with(dial, live, topics, phoenix::join).await
+}
+
+/// [`open`] with joins made by `join(join_ref, topic)` (presence enabled, for instance).
+pub async fn open_with(
+    dial: Dial<'_>,
+    live: &Live,
+    topics: &[&str],
+    join: impl Fn(&str, &str) -> Vec<u8>,
+) -> Result<(WsConn, Opened), OpenError> {
     let t0 = Instant::now();
     let mut conn = WsConn::connect(
         dial.target,
@@ -91,13 +101,9 @@ pub async fn open(
     let t1 = Instant::now();
     for (i, topic) in topics.iter().enumerate() {
         let join_ref = (i + 1).to_string();
-        conn.send_within(
-            dial.join_timeout,
-            Opcode::Text,
-            &phoenix::join(&join_ref, topic),
-        )
-        .await
-        .map_err(|_| OpenError::JoinClosed)?;
+        conn.send_within(dial.join_timeout, Opcode::Text, &join(&join_ref, topic))
+            .await
+            .map_err(|_| OpenError::JoinClosed)?;
         await_reply(&mut conn, &join_ref, topic, dial.join_timeout).await?;
     }
     Ok((
@@ -109,8 +115,29 @@ pub async fn open(
     ))
 }
 
+/// Leaves `topic` (joined with join ref `join_ref`): sends `phx_leave` with ref `msg_ref` and
+/// waits, at most `timeout`, for its reply. Frames arriving meanwhile are read and dropped.
+pub async fn leave(
+    conn: &mut WsConn,
+    join_ref: &str,
+    msg_ref: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Duration, OpenError> {
+    let t0 = Instant::now();
+    conn.send_within(
+        timeout,
+        Opcode::Text,
+        &phoenix::leave(join_ref, msg_ref, topic),
+    )
+    .await
+    .map_err(|_| OpenError::JoinClosed)?;
+    await_reply(conn, msg_ref, topic, timeout).await?;
+    Ok(t0.elapsed())
+}
+
 /// Reads until the reply to `msg_ref` arrives, answering pings on the way.
-async fn await_reply(
+pub async fn await_reply(
     conn: &mut WsConn,
     msg_ref: &str,
     topic: &str,
@@ -155,6 +182,9 @@ pub trait Receiver {
 
     /// A binary frame (kind-4 broadcast) arrived.
     fn binary(&mut self, data: &[u8]);
+
+    /// A text frame other than a channel's end arrived (heartbeat replies, presence events).
+    fn text(&mut self, _data: &[u8]) {}
 
     /// Every frame of one socket read has been handed over; flush counters here.
     fn batch_done(&mut self, _live: &Live) {}
@@ -266,13 +296,15 @@ fn drain(conn: &mut WsConn, rx: &mut impl Receiver) -> Result<Drained, ReadError
         match op {
             Opcode::Binary => rx.binary(payload),
             Opcode::Text => {
-                // Heartbeat replies are the usual text frames; only a channel ending matters.
+                // Heartbeat replies are the usual text frames; a channel ending matters, and
+                // receivers that follow text events (presence) get the rest.
                 if memchr::memmem::find(payload, b"\"phx_error\"").is_some()
                     || memchr::memmem::find(payload, b"\"phx_close\"").is_some()
                 {
                     out.end = Some(End::ChannelClosed);
                     return Ok(out);
                 }
+                rx.text(payload);
             }
             Opcode::Ping => out.pong = Some(PingEcho::new(payload)),
             Opcode::Close => {

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use super::Ctx;
 use crate::live::Live;
 use crate::metrics::{self, Hist};
+use crate::phoenix;
 use crate::session::{self, CLOSE_GRACE, End, OpenError, Opened, Receiver};
 
 /// Capacity of the report channel; tasks that find it full simply wait their turn.
@@ -38,6 +39,8 @@ pub enum Outcome {
 /// What a connection task hands back when it ends.
 #[derive(Debug)]
 pub struct Member<R> {
+    /// The connection's index (its endpoint is `index % targets`).
+    pub index: usize,
     /// The receiver, with whatever it counted.
     pub rx: R,
     /// Why holding ended; `None` if the connection never joined.
@@ -157,9 +160,22 @@ impl<R: Receiver + Send + 'static> Crowd<R> {
         read_buf: usize,
         receivers: Vec<R>,
     ) -> Self {
+        Self::spawn_joining(ctx, first_index, topics, read_buf, receivers, phoenix::join)
+    }
+
+    /// [`Crowd::spawn`] with joins made by `join(join_ref, topic)` (presence enabled, for
+    /// instance) instead of the default join.
+    pub fn spawn_joining(
+        ctx: &Arc<Ctx>,
+        first_index: usize,
+        topics: Arc<Vec<String>>,
+        read_buf: usize,
+        receivers: Vec<R>,
+        join: fn(&str, &str) -> Vec<u8>,
+    ) -> Self {
         let n = topics.len();
         Self::spawn_with(ctx, first_index, n, receivers, move |slot| {
-            member(slot, topics.clone(), read_buf)
+            member(slot, topics.clone(), read_buf, join)
         })
     }
 }
@@ -293,6 +309,7 @@ async fn member<R: Receiver>(
     slot: Slot<R>,
     topics: Arc<Vec<String>>,
     read_buf: usize,
+    join: fn(&str, &str) -> Vec<u8>,
 ) -> Member<R> {
     let Slot {
         ctx,
@@ -310,7 +327,7 @@ async fn member<R: Receiver>(
             // The semaphore is never closed, so acquiring only fails if it were.
             let _slot = gate.acquire().await.map_err(|_| OpenError::Cancelled)?;
             let dial = ctx.dial(index, read_buf);
-            session::open(dial, &ctx.live, &[&topics[topic]]).await
+            session::open_with(dial, &ctx.live, &[&topics[topic]], join).await
         } => r,
     };
     let (mut conn, times) = match opened {
@@ -318,6 +335,7 @@ async fn member<R: Receiver>(
         Err(e) => {
             reporter.failed(e.to_string()).await;
             return Member {
+                index,
                 rx,
                 end: None,
                 closed_clean: false,
@@ -340,6 +358,7 @@ async fn member<R: Receiver>(
         false
     };
     Member {
+        index,
         rx,
         end: Some(end),
         closed_clean,

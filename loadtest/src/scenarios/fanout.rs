@@ -307,6 +307,9 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
             r.figure(key, label, Num::Int(n), "");
         }
     }
+    if ctx.targets.len() > 1 {
+        per_node(r, &members, ctx.targets.len(), &c.url);
+    }
     r.latency("publish_receive", "publish→receive", Summary::of(&latency));
     r.latency("connect", "connect+upgrade", Summary::of(&opens.connect));
     r.latency("join", "join", Summary::of(&opens.join));
@@ -333,6 +336,43 @@ pub async fn run(args: &FanoutArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// Several `--url`s: how the subscribers and their deliveries spread over the nodes, so a node
+/// that lags or drops (its Redis subscription, its share of the load) shows by name. The worst
+/// node's ratio is a figure; every node's is a note.
+fn per_node(r: &mut Report, members: &[crowd::Member<Subscriber>], nodes: usize, urls: &[String]) {
+    // (joined members, distinct deliveries, deliveries expected) per node.
+    let mut by_node = vec![(0u64, 0u64, 0u64); nodes];
+    for m in members.iter().filter(|m| m.end.is_some()) {
+        let n = &mut by_node[m.index % nodes];
+        n.0 += 1;
+        n.1 += m.rx.unique();
+        n.2 += m.rx.planned();
+    }
+    let worst = by_node
+        .iter()
+        .filter_map(|&(_, got, want)| Num::ratio(got, want).as_f64())
+        .fold(None, |w: Option<f64>, x| Some(w.map_or(x, |w| w.min(x))));
+    r.figure(
+        "nodes",
+        "nodes (--url endpoints)",
+        Num::Int(nodes as u64),
+        "",
+    );
+    r.figure(
+        "node_delivered_ratio_min",
+        "delivered / expected, worst node",
+        worst.map_or(Num::Missing, Num::Ratio),
+        "",
+    );
+    for (i, (joined, got, want)) in by_node.iter().enumerate() {
+        let ratio = Num::ratio(*got, *want).as_f64().unwrap_or(0.0);
+        r.note(format!(
+            "node {i} ({}): {joined} subscribers joined, {got} of {want} delivered ({ratio:.6})",
+            urls.get(i).map_or("?", String::as_str)
+        ));
+    }
 }
 
 /// Subscriber totals.

@@ -10,13 +10,18 @@
 //! [`terminal`] stands apart: a handful of terminal connections (and a PTY agent) timed one
 //! keystroke or one output frame at a time.
 
+pub mod churn;
 pub mod crowd;
 pub mod fanout;
+pub mod flood;
 pub mod flooder;
 pub mod idle;
 pub mod inserter;
+pub mod mixed;
 pub mod pg_feed;
+pub mod presence;
 pub mod publisher;
+pub mod rooms;
 pub mod sse;
 pub mod subscriber;
 pub mod terminal;
@@ -58,6 +63,9 @@ pub struct Ctx {
     pub live: Arc<Live>,
     /// Tells every connection to close; fired at the end of a run or on Ctrl-C.
     pub stop: CancellationToken,
+    /// Fired by Ctrl-C only; `stop` is its child, and so is the `stop` of every [`Ctx::again`],
+    /// so a scenario made of several runs (`flood`) is interrupted whichever run is going.
+    interrupt: CancellationToken,
     /// Set when Ctrl-C cut the run short, so the report says so.
     pub interrupted: AtomicBool,
     /// The server processes, when `--server-pid` was given.
@@ -72,6 +80,21 @@ impl Ctx {
     /// Resolves endpoints, mints (with `role`) or takes the token and checks that `conns`
     /// connections (WebSocket and database) fit the open-file limit.
     pub fn new(common: &Common, conns: usize, role: &str) -> anyhow::Result<Arc<Self>> {
+        Self::build(common, conns, role, CancellationToken::new())
+    }
+
+    /// A context for one part of a scenario made of parts run at once (`mixed`): its own flags,
+    /// role and counters, interrupted by the same Ctrl-C as this one.
+    pub fn part(&self, common: &Common, conns: usize, role: &str) -> anyhow::Result<Arc<Self>> {
+        Self::build(common, conns, role, self.interrupt.clone())
+    }
+
+    fn build(
+        common: &Common,
+        conns: usize,
+        role: &str,
+        interrupt: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         let token = match (&common.token, &common.jwt_secret) {
             (Some(t), _) => t.clone(),
             (None, Some(secret)) => token::mint(
@@ -118,12 +141,35 @@ impl Ctx {
                 .map(|s| s.0.clone())
                 .unwrap_or_default(),
             live: Arc::new(Live::default()),
-            stop: CancellationToken::new(),
+            stop: interrupt.child_token(),
+            interrupt,
             interrupted: AtomicBool::new(false),
             server,
             own: Procs::own().ok(),
             seed_base: clock::now_ns() ^ (u64::from(std::process::id()) << 32),
         }))
+    }
+
+    /// A context for a further run after this one ended (its `stop` fired): same endpoints,
+    /// token and processes, fresh counters and stop signal, and other masking seeds.
+    pub fn again(&self) -> Arc<Self> {
+        Arc::new(Self {
+            common: self.common.clone(),
+            targets: self.targets.clone(),
+            src_ips: self.src_ips.clone(),
+            live: Arc::new(Live::default()),
+            stop: self.interrupt.child_token(),
+            interrupt: self.interrupt.clone(),
+            interrupted: AtomicBool::new(self.interrupted.load(Ordering::Relaxed)),
+            server: self.server.clone(),
+            own: self.own.clone(),
+            seed_base: self.seed_base.rotate_left(17) ^ 0x5bd1_e995,
+        })
+    }
+
+    /// Whether Ctrl-C was pressed.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupt.is_cancelled()
     }
 
     /// How connection number `index` dials: endpoints and source addresses round-robin.
@@ -168,7 +214,15 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         // only); its streams mint their own ordinary-user token.
         // terminal: the host's role, which may also drive any terminal.
         Scenario::PgFeed(_) | Scenario::Sse(_) | Scenario::Terminal(_) => token::SERVICE_ROLE,
-        Scenario::Idle(_) | Scenario::Fanout(_) => token::AUTHENTICATED,
+        // mixed: each part mints its own (see `mixed.rs`); this one is only for the checks.
+        Scenario::Idle(_)
+        | Scenario::Fanout(_)
+        | Scenario::Rooms(_)
+        | Scenario::Multinode(_)
+        | Scenario::Flood(_)
+        | Scenario::Churn(_)
+        | Scenario::Presence(_)
+        | Scenario::Mixed(_) => token::AUTHENTICATED,
     };
     let ctx = Ctx::new(scenario.common(), scenario.sockets(), role)?;
     let on_signal = ctx.clone();
@@ -176,7 +230,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("\ninterrupted: closing connections and reporting what was measured");
             on_signal.interrupted.store(true, Ordering::Relaxed);
-            on_signal.stop.cancel();
+            on_signal.interrupt.cancel();
         }
     });
     let mut report = match &scenario {
@@ -185,9 +239,20 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         Scenario::PgFeed(a) => pg_feed::run(a, ctx.clone()).await?,
         Scenario::Sse(a) => sse::run(a, ctx.clone()).await?,
         Scenario::Terminal(a) => terminal::run(a, ctx.clone()).await?,
+        Scenario::Rooms(a) => rooms::run(a, ctx.clone()).await?,
+        Scenario::Multinode(a) => {
+            let mut r = fanout::run(a, ctx.clone()).await?;
+            r.set_scenario("multinode");
+            r
+        }
+        Scenario::Flood(a) => flood::run(a, ctx.clone()).await?,
+        Scenario::Churn(a) => churn::run(a, ctx.clone()).await?,
+        Scenario::Presence(a) => presence::run(a, ctx.clone()).await?,
+        Scenario::Mixed(a) => mixed::run(a, ctx.clone()).await?,
     };
-    if let Scenario::Idle(IdleArgs { spread, .. }) | Scenario::Fanout(FanoutArgs { spread, .. }) =
-        &scenario
+    if let Scenario::Idle(IdleArgs { spread, .. })
+    | Scenario::Fanout(FanoutArgs { spread, .. })
+    | Scenario::Multinode(FanoutArgs { spread, .. }) = &scenario
     {
         report.param("conns", spread.conns);
         report.param("topics", spread.topics);

@@ -186,6 +186,7 @@ async fn reader<S: Sink + Send>(
         Err(e) => {
             reporter.failed(e.to_string()).await;
             return Member {
+                index,
                 rx,
                 end: None,
                 closed_clean: false,
@@ -200,6 +201,7 @@ async fn reader<S: Sink + Send>(
         false
     };
     Member {
+        index,
         rx,
         end: Some(end),
         closed_clean,

@@ -132,6 +132,11 @@ impl Subscriber {
         &self.topic
     }
 
+    /// Messages its topic was planned to carry.
+    pub fn planned(&self) -> u64 {
+        self.planned
+    }
+
     /// Whether the message with sequence number `s` arrived.
     pub fn has_seen(&self, s: u64) -> bool {
         self.seen
