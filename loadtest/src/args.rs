@@ -69,7 +69,8 @@ pub enum Scenario {
     /// presence state the trackers left.
     Presence(PresenceArgs),
     /// A blend run at once in one process: rooms (WebSocket fan-out), chat token streams over
-    /// SSE, connection churn and presence storms; each part's figures and checks.
+    /// SSE, connection churn, presence storms and terminal output; each part's figures and
+    /// checks.
     Mixed(MixedArgs),
 }
 
@@ -563,6 +564,15 @@ pub struct MixedArgs {
     /// Presence part: changes per second on each topic.
     #[arg(long, default_value_t = 10)]
     pub presence_rate: u64,
+
+    /// Terminal part: viewers of one terminal whose host this process plays (0: no terminal
+    /// part).
+    #[arg(long, default_value_t = 5)]
+    pub terminal_viewers: usize,
+
+    /// Terminal part: the host's output rate, MB/s (10^6 bytes), in 4 KiB frames.
+    #[arg(long, default_value_t = 1.0)]
+    pub terminal_mbps: f64,
 }
 
 impl MixedArgs {
@@ -574,7 +584,8 @@ impl MixedArgs {
         let presence = self
             .presence_part()
             .map_or(0, |p| p.topics * (p.trackers + p.watchers));
-        rooms + sse + churn + presence
+        let terminal = self.terminal_part().map_or(0, |t| t.viewers + 1);
+        rooms + sse + churn + presence + terminal
     }
 
     /// Every part's common flags: this run's, without its own progress line (the parts run at
@@ -639,6 +650,29 @@ impl MixedArgs {
             topic_prefix: format!("mixed-{}-churn", std::process::id()),
             settle: Duration::ZERO,
             expect_rss_growth: None,
+        })
+    }
+
+    /// The terminal part, unless `--terminal-viewers 0`: host output to viewers at a set rate.
+    pub fn terminal_part(&self) -> Option<TerminalArgs> {
+        (self.terminal_viewers > 0).then(|| TerminalArgs {
+            common: self.part_common(),
+            mode: TerminalMode::Output,
+            id: Some(format!("mixed-{}-term", std::process::id())),
+            agent: None,
+            agent_cmd: DEFAULT_AGENT_CMD.into(),
+            ready: DEFAULT_READY.into(),
+            ready_timeout: Duration::from_secs(10),
+            interval: Duration::ZERO,
+            count: 1,
+            warmup: 0,
+            echo_timeout: Duration::from_secs(2),
+            viewers: self.terminal_viewers,
+            chunk: 4096,
+            host_rate: Some(self.terminal_mbps),
+            window: 1 << 20,
+            grace: Duration::from_secs(5),
+            expect_mbps: None,
         })
     }
 
@@ -1123,6 +1157,10 @@ fn validate_mixed(a: &MixedArgs) -> Result<(), String> {
     }
     if let Some(p) = a.presence_part() {
         validate_presence(&p).map_err(|e| format!("presence part: {e}"))?;
+        parts += 1;
+    }
+    if let Some(t) = a.terminal_part() {
+        validate_terminal(&t).map_err(|e| format!("terminal part: {e}"))?;
         parts += 1;
     }
     if parts == 0 {

@@ -1,5 +1,6 @@
 //! `mixed`: the hub's workloads at once, as a product's traffic arrives: rooms (WebSocket
-//! fan-out), LLM token streams over SSE, connection churn and presence storms, in one process
+//! fan-out), LLM token streams over SSE, connection churn, presence storms and a terminal's
+//! output read by a few viewers, in one process
 //! against one hub (or several `--url`s). Each part is the scenario of the same name, with its
 //! own connections, counters and token role, sized by this scenario's flags; they start
 //! together and each stops by itself after `--duration`.
@@ -11,7 +12,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Ctx, churn, cpu_delta, presence, rooms, rss, sse};
+use super::{Ctx, churn, cpu_delta, presence, rooms, rss, sse, terminal};
 use crate::args::MixedArgs;
 use crate::report::{Num, Report};
 use crate::token;
@@ -21,7 +22,8 @@ use crate::token;
 struct Headline {
     name: &'static str,
     ratio_key: &'static str,
-    latency_key: &'static str,
+    /// `None`: the part has no latency figure (terminal output is measured in throughput).
+    latency_key: Option<&'static str>,
     out_ratio: &'static str,
     out_ratio_label: &'static str,
     out_p99: &'static str,
@@ -31,7 +33,7 @@ struct Headline {
 const ROOMS: Headline = Headline {
     name: "rooms",
     ratio_key: "delivered_ratio",
-    latency_key: "publish_receive",
+    latency_key: Some("publish_receive"),
     out_ratio: "rooms_delivered_ratio",
     out_ratio_label: "rooms: delivered / expected",
     out_p99: "rooms_p99_ms",
@@ -41,7 +43,7 @@ const ROOMS: Headline = Headline {
 const SSE: Headline = Headline {
     name: "sse",
     ratio_key: "delivered_ratio",
-    latency_key: "publish_receive",
+    latency_key: Some("publish_receive"),
     out_ratio: "sse_delivered_ratio",
     out_ratio_label: "sse: delivered / expected",
     out_p99: "sse_p99_ms",
@@ -51,7 +53,7 @@ const SSE: Headline = Headline {
 const CHURN: Headline = Headline {
     name: "churn",
     ratio_key: "completed_ratio",
-    latency_key: "join",
+    latency_key: Some("join"),
     out_ratio: "churn_completed_ratio",
     out_ratio_label: "churn: cycles completed / planned",
     out_p99: "churn_join_p99_ms",
@@ -61,11 +63,21 @@ const CHURN: Headline = Headline {
 const PRESENCE: Headline = Headline {
     name: "presence",
     ratio_key: "delivered_ratio",
-    latency_key: "track_diff",
+    latency_key: Some("track_diff"),
     out_ratio: "presence_seen_ratio",
     out_ratio_label: "presence: changes seen / expected",
     out_p99: "presence_p99_ms",
     out_p99_label: "presence: p99 track→diff",
+};
+
+const TERMINAL: Headline = Headline {
+    name: "terminal",
+    ratio_key: "delivered_ratio",
+    latency_key: None,
+    out_ratio: "terminal_delivered_ratio",
+    out_ratio_label: "terminal: in-order bytes / expected",
+    out_p99: "terminal_mbps",
+    out_p99_label: "terminal: received by all viewers",
 };
 
 /// Runs a part when it is switched on.
@@ -84,6 +96,7 @@ pub async fn run(args: &MixedArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     let sse_args = args.sse_part();
     let churn_args = args.churn_part();
     let presence_args = args.presence_part();
+    let terminal_args = args.terminal_part();
     // Each part's context: its role (SSE publishes as the service role, as a backend worker
     // does; the others are ordinary clients) and its share of the open-file limit.
     let rooms_ctx = match &rooms_args {
@@ -107,9 +120,15 @@ pub async fn run(args: &MixedArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         None => None,
     };
 
+    // The terminal's host and viewers: the service role hosts and may view any terminal.
+    let terminal_ctx = match &terminal_args {
+        Some(a) => Some(ctx.part(&a.common, a.viewers + 1, token::SERVICE_ROLE)?),
+        None => None,
+    };
+
     let server_start = ctx.server_sample();
     eprintln!("mixed: starting every part");
-    let (r_rooms, r_sse, r_churn, r_presence) = tokio::join!(
+    let (r_rooms, r_sse, r_churn, r_presence, r_terminal) = tokio::join!(
         maybe(
             rooms_args
                 .as_ref()
@@ -129,6 +148,12 @@ pub async fn run(args: &MixedArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
                 .zip(presence_ctx)
                 .map(|(a, c)| presence::run(a, c))
         ),
+        maybe(
+            terminal_args
+                .as_ref()
+                .zip(terminal_ctx)
+                .map(|(a, c)| terminal::run(a, c))
+        ),
     );
     let server_end = ctx.server_sample();
 
@@ -141,11 +166,14 @@ pub async fn run(args: &MixedArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     r.param("churn_rate", args.churn_rate);
     r.param("presence_topics", args.presence_topics);
     r.param("presence_rate", args.presence_rate);
+    r.param("terminal_viewers", args.terminal_viewers);
+    r.param("terminal_mbps", args.terminal_mbps);
     let parts = [
         (ROOMS, r_rooms),
         (SSE, r_sse),
         (CHURN, r_churn),
         (PRESENCE, r_presence),
+        (TERMINAL, r_terminal),
     ];
     let mut ran = Vec::new();
     for (h, result) in parts {
@@ -158,8 +186,17 @@ pub async fn run(args: &MixedArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
     for (h, part) in &ran {
         let ratio = part.get(h.ratio_key).unwrap_or(Num::Missing);
         r.figure(h.out_ratio, h.out_ratio_label, ratio, "");
+        let Some(key) = h.latency_key else {
+            // Throughput instead of a latency.
+            let mbps = part.get("total_mbps").unwrap_or(Num::Missing);
+            r.figure(h.out_p99, h.out_p99_label, mbps, "MB/s");
+            if let Some(limit) = ctx.common.expect_delivered {
+                r.check(h.out_ratio_label, ratio.as_f64(), limit, false, "");
+            }
+            continue;
+        };
         let p99 = part
-            .latency_of(h.latency_key)
+            .latency_of(key)
             .filter(|s| s.count > 0)
             .map(|s| s.p99_ms);
         r.figure(
@@ -202,7 +239,7 @@ pub async fn run(args: &MixedArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         "bytes",
     );
     for (h, part) in &ran {
-        if let Some(s) = part.latency_of(h.latency_key) {
+        if let Some(s) = h.latency_key.and_then(|k| part.latency_of(k)) {
             r.latency(h.out_p99, h.out_p99_label, *s);
         }
         r.absorb(part, h.name);
