@@ -54,6 +54,56 @@ async fn a_join_flood_is_refused_then_the_socket_closed_and_a_new_one_may_join()
 }
 
 #[tokio::test]
+async fn a_user_who_reconnects_for_fresh_join_bursts_is_still_held_to_the_user_limit() {
+    let hub = TestHub::spawn_with(|c| {
+        c.joins_per_sec = 0; // no per-connection limit: only the user's applies
+        c.user_joins_per_sec = 1; // bursts of 10, shared by every connection of the user
+    })
+    .await;
+    let user = token("authenticated", "rejoiner", 600);
+    let mut a = WsClient::connect(&hub, Vsn::V2, &user).await;
+    for i in 0..6 {
+        a.join_ok(&format!("realtime:u{i}"), json!({})).await;
+    }
+    // A second socket of the same user draws from the same bucket: four more, then refused.
+    let mut b = WsClient::connect(&hub, Vsn::V2, &user).await;
+    for i in 6..10 {
+        b.join_ok(&format!("realtime:u{i}"), json!({})).await;
+    }
+    let refused = b.join("realtime:u10", json!({})).await;
+    assert_eq!(
+        refused.payload["response"]["reason"],
+        json!("ClientJoinRateLimitReached: Too many joins per second"),
+        "{refused:?}"
+    );
+    let (code, _) = b
+        .expect_close("the disconnect after the user's joins ran out")
+        .await;
+    assert_eq!(code, 1001);
+    // Reconnecting does not refill it; another user and the anon key are not affected.
+    let mut c = WsClient::connect(&hub, Vsn::V2, &user).await;
+    let again = c.join("realtime:u11", json!({})).await;
+    assert_eq!(
+        again.status(),
+        "error",
+        "a fresh socket of the same user: {again:?}"
+    );
+    let mut other = WsClient::connect(&hub, Vsn::V2, &token("authenticated", "other", 600)).await;
+    other.join_ok("realtime:u0", json!({})).await;
+    // A project's shared key carries no `sub`: it stands for many users and is not counted.
+    let shared_key = tests::token_claims(&json!({"role": "anon", "exp": tests::now_secs() + 600}));
+    let mut shared = WsClient::connect(&hub, Vsn::V2, &shared_key).await;
+    for i in 0..12 {
+        shared.join_ok(&format!("realtime:s{i}"), json!({})).await;
+    }
+    // The first socket was never refused and keeps its channels; after a refill (1 per
+    // second) the user may join again.
+    a.assert_alive("the user's first socket").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // refill: 1.1 s × 1/s
+    a.join_ok("realtime:u12", json!({})).await;
+}
+
+#[tokio::test]
 async fn a_message_flood_closes_the_flooders_channel_only() {
     let hub = TestHub::spawn_with(|c| {
         c.messages_per_sec = 5; // bursts of 10

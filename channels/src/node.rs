@@ -46,6 +46,13 @@ pub struct NodeConfig {
     pub joins_per_sec: u32,
     /// Burst of [`NodeConfig::joins_per_sec`].
     pub join_burst: u32,
+    /// Joins per second one user (JWT `sub`) may make across all their connections, in bursts
+    /// of ten times that. Default 100 (bursts of 1,000: five tabs rejoining 100 channels each
+    /// after a network blip). The per-connection bucket restarts with every new socket; this
+    /// one does not, so a client that reconnects to get a fresh join burst still gets no more
+    /// than this. Exceeding it is answered like the per-connection limit. The service role and
+    /// tokens without `sub` are not counted. 0: no limit.
+    pub user_joins_per_sec: u32,
     /// Connections one user (JWT `sub`) may have open on this node at once. Default 100; the
     /// service role and tokens without `sub` are not counted. 0: no limit.
     pub connections_per_user: u32,
@@ -78,6 +85,7 @@ impl Default for NodeConfig {
             chat_input_per_hour: 100,
             joins_per_sec: 10,
             join_burst: 200,
+            user_joins_per_sec: 100,
             connections_per_user: 100,
             messages_per_sec: 1000,
             user_messages_per_sec: 2000,
@@ -119,6 +127,8 @@ pub struct Node {
     pub chat_inputs: crate::limits::KeyedLimiter,
     /// Messages per second per user (`sub`), see [`NodeConfig::user_messages_per_sec`].
     pub user_messages: crate::limits::KeyedLimiter,
+    /// Joins per second per user (`sub`), see [`NodeConfig::user_joins_per_sec`].
+    pub user_joins: crate::limits::KeyedLimiter,
     /// Open connections per user, see [`NodeConfig::connections_per_user`].
     pub user_connections: Arc<crate::user_connections::UserConnections>,
     /// Terminals relayed by this node.
@@ -152,9 +162,14 @@ impl Node {
             config.user_messages_per_sec,
             config.user_messages_per_sec.saturating_mul(2),
         );
+        let user_joins = crate::limits::KeyedLimiter::per_second_burst(
+            config.user_joins_per_sec,
+            config.user_joins_per_sec.saturating_mul(10),
+        );
         Arc::new(Self {
             chat_inputs,
             user_messages,
+            user_joins,
             user_connections: crate::user_connections::UserConnections::new(
                 config.connections_per_user,
             ),

@@ -362,11 +362,20 @@ impl Session {
         }
         let cfg = &self.node.config;
         let (rate, burst) = (cfg.joins_per_sec, cfg.join_burst);
-        if self
+        let over_connection = self
             .join_bucket
             .take(Instant::now().into_std(), rate, burst)
-            .is_err()
-        {
+            .is_err();
+        // The user's bucket spans their connections (and reconnections); it is only drawn
+        // from when the connection's own bucket allowed the join.
+        let over_user = !over_connection
+            && !self.connect_principal.is_service()
+            && self
+                .connect_principal
+                .sub
+                .as_deref()
+                .is_some_and(|sub| self.node.user_joins.check(sub).is_err());
+        if over_connection || over_user {
             // Answered at once (not after the join error delay) and followed by a disconnect,
             // as Supabase does (PROTOCOL §6.1): a client in a join loop must stop, not retry.
             self.node.stats.rate_limited.fetch_add(1, Ordering::Relaxed);

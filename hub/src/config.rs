@@ -117,6 +117,12 @@ pub struct Config {
     #[arg(long, env = "HUB_JOIN_BURST", default_value_t = 200)]
     pub join_burst: u32,
 
+    /// Joins per second one user (JWT `sub`) may make across all their connections and
+    /// reconnections, in bursts of ten times that; the service role and tokens without `sub`
+    /// are not counted (0: no limit).
+    #[arg(long, env = "HUB_USER_JOINS_PER_SEC", default_value_t = 100)]
+    pub user_joins_per_sec: u32,
+
     /// WebSocket and SSE connections one user (JWT `sub`) may have open on this node; beyond it
     /// the upgrade is refused with 429. The service role and tokens without `sub` are not
     /// counted (0: no limit).
@@ -333,6 +339,7 @@ impl Config {
             chat_input_per_hour: self.chat_input_per_hour,
             joins_per_sec: self.joins_per_sec,
             join_burst: self.join_burst,
+            user_joins_per_sec: self.user_joins_per_sec,
             max_presence_bytes: self.max_presence_bytes,
             max_presence_entries: self.max_presence_entries,
             connections_per_user: self.connections_per_user,

@@ -202,6 +202,7 @@ async fn evict_history(state: AppState) {
             _ = tokio::time::sleep(every) => {
                 state.conn_rate.shrink();
                 state.node.user_messages.shrink();
+                state.node.user_joins.shrink();
                 let freed = state.node.terminals.sweep(std::time::Instant::now());
                 if freed > 0 {
                     tracing::debug!(terminals = freed, "freed idle terminals");
