@@ -3,7 +3,8 @@
 //! Shutdown goes through each connection's outbox rather than a cancellation future polled by
 //! every connection task: closing an outbox wakes its writer exactly once, while a shared token
 //! would be polled (and locked) on every event of every connection, and its waiter would sit in
-//! every idle connection's memory. Later, draining in batches uses the same set.
+//! every idle connection's memory. Draining in batches ([`Connections::close_some`]) uses the
+//! same set.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -57,6 +58,31 @@ impl Connections {
         st.open.len()
     }
 
+    /// Starts closing: connections registering from now on are closed at once with `reason`,
+    /// the open ones stay until [`Connections::close_some`] or [`Connections::close_all`].
+    /// Returns how many are open.
+    pub fn stop_accepting(&self, reason: CloseReason) -> usize {
+        let mut st = self.lock();
+        st.closing = Some(reason);
+        st.open.len()
+    }
+
+    /// Closes up to `n` open connections with the closing reason (draining in batches); they
+    /// leave the set at once, so the next batch takes others. Returns how many were closed.
+    pub fn close_some(&self, n: usize) -> usize {
+        let mut st = self.lock();
+        let Some(reason) = st.closing.clone() else {
+            return 0;
+        };
+        let ids: Vec<ConnId> = st.open.keys().take(n).copied().collect();
+        for id in &ids {
+            if let Some(outbox) = st.open.remove(id) {
+                outbox.close(reason.clone());
+            }
+        }
+        ids.len()
+    }
+
     /// Number of open connections.
     pub fn len(&self) -> usize {
         self.lock().open.len()
@@ -72,6 +98,36 @@ impl Connections {
 mod tests {
     use super::*;
     use crate::outbox::OutboxLimits;
+
+    #[test]
+    fn draining_closes_in_batches_and_refuses_newcomers() {
+        let c = Connections::default();
+        let boxes: Vec<Outbox> = (0..5)
+            .map(|_| Outbox::new(OutboxLimits::default()))
+            .collect();
+        for (i, b) in boxes.iter().enumerate() {
+            c.register(i as ConnId, b);
+        }
+        assert_eq!(
+            c.close_some(2),
+            0,
+            "nothing is closed before draining starts"
+        );
+        assert_eq!(c.stop_accepting(CloseReason::Shutdown), 5);
+        assert!(boxes.iter().all(|b| !b.is_closed()), "open ones stay open");
+        let late = Outbox::new(OutboxLimits::default());
+        c.register(9, &late);
+        assert!(
+            late.is_closed(),
+            "a connection arriving while draining is closed at once"
+        );
+        assert_eq!(c.close_some(2), 2);
+        assert_eq!(boxes.iter().filter(|b| b.is_closed()).count(), 2);
+        assert_eq!(c.close_some(2), 2);
+        assert_eq!(c.close_some(2), 1);
+        assert_eq!(c.close_some(2), 0);
+        assert!(boxes.iter().all(Outbox::is_closed));
+    }
 
     #[test]
     fn close_all_reaches_open_and_late_connections() {

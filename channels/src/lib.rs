@@ -34,6 +34,7 @@ pub mod envelope;
 pub mod grants;
 pub mod history;
 pub mod kinds;
+pub mod latency;
 pub mod limits;
 pub mod node;
 pub mod outbox;

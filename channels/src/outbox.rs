@@ -198,6 +198,10 @@ impl State {
     }
 }
 
+/// Chat token deltas merged into the one queued before them, over every outbox of the process
+/// (exported as a metric: how often slow readers were caught up by merging).
+pub static MERGED_DELTAS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Outbox {
     /// An empty outbox with these bounds.
     pub fn new(limits: OutboxLimits) -> Self {
@@ -240,6 +244,7 @@ impl Outbox {
             last.cursor.clone_from(&new.cursor);
             last.encoded = None;
             st.bytes += added;
+            MERGED_DELTAS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Pushed::Queued;
         }
         if st.frames.len() >= limits.max_frames || st.bytes + frame.len() > limits.max_bytes {

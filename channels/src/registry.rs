@@ -78,6 +78,9 @@ pub struct RegistryStats {
     pub deliveries: AtomicU64,
     /// Connections closed because their outbox overflowed.
     pub slow_closes: AtomicU64,
+    /// Publish time (the envelope's `time_ms`) to fan-out here, per message delivered to at
+    /// least one local member.
+    pub latency: crate::latency::LatencyBuckets,
 }
 
 /// The registry. One per node, shared by every connection.
@@ -417,6 +420,12 @@ impl Registry {
             return;
         };
         let mut st = lock(&entry.state);
+        if env.time_ms > 0 && !st.slots.is_empty() {
+            let now = crate::envelope::now_ms();
+            self.stats
+                .latency
+                .observe_ms(now.saturating_sub(env.time_ms));
+        }
         let mut enc = Encoded::new(env, false);
         let pending_limit = self.pending_limit;
         let delta = crate::chat::token_text(env);

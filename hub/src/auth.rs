@@ -293,6 +293,8 @@ pub struct JwtVerifier {
     /// Woken when a token names a `kid` no key carries (see [`JwtSettings::remote`]). One stored
     /// permit at most, so a storm of such tokens asks for one fetch, not thousands.
     key_wanted: tokio::sync::Notify,
+    /// Tokens refused since start (exported as a metric).
+    failures: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -330,6 +332,7 @@ impl JwtVerifier {
         Self {
             remote: RwLock::new(remote.into()),
             key_wanted: tokio::sync::Notify::new(),
+            failures: std::sync::atomic::AtomicU64::new(0),
             secret: DecodingKey::from_secret(&settings.secret),
             cache: TokenCache {
                 capacity: settings.cache_size,
@@ -494,6 +497,22 @@ fn principal(claims: &Value) -> Result<Principal, TokenError> {
 
 impl TokenVerifier for JwtVerifier {
     fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let verified = self.verify_counted(token);
+        if verified.is_err() {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        verified
+    }
+}
+
+impl JwtVerifier {
+    /// Tokens refused since start, on every transport.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn verify_counted(&self, token: &str) -> Result<Principal, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }

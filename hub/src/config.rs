@@ -231,7 +231,14 @@ pub struct Config {
     #[arg(long, env = "HUB_JOIN_ERROR_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub join_error_delay: Duration,
 
-    /// On shutdown, how long to wait for connections to close before exiting anyway.
+    /// On shutdown, the window over which open connections are told "Server requested
+    /// disconnect" and closed, in batches spread evenly across it, so a fleet restart does not
+    /// send every client back at the same instant. 0: all at once.
+    #[arg(long, env = "HUB_DRAIN_WINDOW", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
+
+    /// On shutdown, how long to wait (after the drain window) for connections to close before
+    /// exiting anyway.
     #[arg(long, env = "HUB_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
@@ -277,6 +284,8 @@ impl Config {
         c.redis_url = None;
         c.jwt_secret = Some(secret.to_owned());
         c.join_error_delay = Duration::ZERO;
+        // Shutdown tests expect every connection closed at once; `tests/ops.rs` sets a window.
+        c.drain_window = Duration::ZERO;
         c.simulate_builds = true;
         c.simulate_step_delay = Duration::from_millis(10);
         c

@@ -41,6 +41,9 @@ pub fn router(state: AppState) -> Router {
         ));
     let routes = Router::new()
         .route("/health", get(api::health::health))
+        .route("/health/ready", get(api::health::ready))
+        .route("/version", get(api::health::version))
+        .route("/metrics", get(api::metrics::metrics))
         .route("/realtime/v1/websocket", get(ws::upgrade))
         .route("/socket/websocket", get(ws::upgrade))
         .route("/v1/terminal/{id}", get(terminal::upgrade))

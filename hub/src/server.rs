@@ -81,6 +81,10 @@ pub async fn serve(
         }
     }
     drop(listener);
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    drain_in_batches(&state).await;
     let open = state.node.connections.close_all(CloseReason::Shutdown);
     tracing::info!(connections = open, "shutting down: closing connections");
     state.shutdown.cancel();
@@ -99,6 +103,36 @@ pub async fn serve(
     terminal_relay.abort();
     state.backends.close().await;
     Ok(())
+}
+
+/// How often a batch of connections is closed while draining.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+
+/// Closes the open connections in equal batches spread over `--drain-window` (each told
+/// "Server requested disconnect"), so their clients reconnect to other nodes over the window
+/// rather than all at once. Connections arriving meanwhile are closed at once; readiness
+/// already answers 503. Returns early when every connection is gone.
+async fn drain_in_batches(state: &AppState) {
+    let window = state.config.drain_window;
+    let open = state.node.connections.stop_accepting(CloseReason::Shutdown);
+    if window.is_zero() || open == 0 {
+        return;
+    }
+    let ticks = (window.as_millis() / DRAIN_TICK.as_millis()).max(1) as usize;
+    let per_tick = open.div_ceil(ticks);
+    tracing::info!(
+        connections = open,
+        window_ms = window.as_millis() as u64,
+        per_tick,
+        "draining: closing connections in batches"
+    );
+    let mut tick = tokio::time::interval(DRAIN_TICK);
+    for _ in 0..ticks {
+        tick.tick().await;
+        if state.node.connections.close_some(per_tick) == 0 {
+            return;
+        }
+    }
 }
 
 /// Answers a connection over its address's rate (`--connections-per-sec-per-ip`) with a 429

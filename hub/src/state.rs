@@ -39,6 +39,10 @@ pub struct AppState {
     pub rest_quota: Arc<crate::api::rate_limit::Quota>,
     /// New connections per second per IP address (`--connections-per-sec-per-ip`).
     pub conn_rate: Arc<channels::limits::KeyedLimiter>,
+    /// When the process started (`GET /version`).
+    pub started: std::time::Instant,
+    /// Set when draining begins (readiness turns 503 before connections are closed).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -124,6 +128,13 @@ impl AppState {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            started: std::time::Instant::now(),
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Whether the hub has begun draining (see [`crate::server`]).
+    pub fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

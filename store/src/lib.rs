@@ -120,6 +120,37 @@ pub struct Postgres {
     pub retention: Duration,
 }
 
+/// One backend's answer to a readiness check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// `postgres` or `redis`.
+    pub backend: &'static str,
+    /// `None` when it answered; otherwise why not.
+    pub error: Option<String>,
+    /// How long the check took, milliseconds.
+    pub millis: u64,
+}
+
+impl Readiness {
+    async fn of(
+        backend: &'static str,
+        timeout: Duration,
+        check: impl std::future::Future<Output = Result<(), String>>,
+    ) -> Self {
+        let start = std::time::Instant::now();
+        let error = match tokio::time::timeout(timeout, check).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        Self {
+            backend,
+            error,
+            millis: start.elapsed().as_millis() as u64,
+        }
+    }
+}
+
 /// A random id for this process, so rows it publishes can be recognised as its own.
 fn node_id() -> Arc<str> {
     format!("{:016x}", rand::random::<u64>()).into()
@@ -249,6 +280,35 @@ impl Backends {
             postgres,
             redis: redis_side,
         })
+    }
+
+    /// Whether each configured backend answers now: Postgres a `select 1`, Redis a `PING`,
+    /// each within `timeout`. The embedded default has nothing to check (an empty list).
+    pub async fn ready(&self, timeout: Duration) -> Vec<Readiness> {
+        let mut out = Vec::new();
+        if let Some(pg) = &self.postgres {
+            let check = sqlx::query("select 1").execute(&pg.pool);
+            out.push(
+                Readiness::of("postgres", timeout, async {
+                    check.await.map(|_| ()).map_err(|e| e.to_string())
+                })
+                .await,
+            );
+        }
+        if let Some(r) = &self.redis {
+            let mut conn = r.broker.connection();
+            out.push(
+                Readiness::of("redis", timeout, async move {
+                    ::redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .await,
+            );
+        }
+        out
     }
 
     /// Stops background work (the feed). In-flight REST and channel work has finished by then.

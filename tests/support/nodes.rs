@@ -127,12 +127,12 @@ pub(crate) fn keep_lines(
 
 impl Node {
     /// Starts a node on `redis_url` with the test secret, `--join-error-delay 0s` and
-    /// `--drain-timeout 2s`, plus `extra` arguments; returns once it listens.
+    /// `--drain-timeout 2s --drain-window 0s`, plus `extra` arguments; returns once it listens.
     pub async fn start(name: &str, redis_url: &str, extra: &[&str]) -> Self {
         let bin = hub_bin();
         let mut cmd = Command::new(&bin);
         cmd.args(["--addr", "127.0.0.1:0", "--join-error-delay", "0s"])
-            .args(["--drain-timeout", "2s"])
+            .args(["--drain-timeout", "2s", "--drain-window", "0s"])
             .args(extra)
             // Nothing from the test's environment (DATABASE_URL, HUB_*) reaches the node.
             .env_clear()

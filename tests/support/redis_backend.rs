@@ -8,7 +8,7 @@
 //!
 //! Databases in use (one per test file, so files may run in parallel):
 //! 1 `redis_fanout`, 2 `redis_presence`, 3 `redis_resume`, 4 `redis_script`, 5 `redis_restart`,
-//! 6 `pg_multi_node`, 7 `terminal_nodes`.
+//! 6 `pg_multi_node`, 7 `terminal_nodes`, 8 `ops`.
 //! Pub/sub channels are server-wide, not per database, so topic names are also unique across
 //! all tests (the JS suite's `multinode.test.mjs` uses random names on `REDIS_URL`'s database).
 

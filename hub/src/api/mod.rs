@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod json_body;
+pub mod metrics;
 pub mod new_session;
 pub mod rate_limit;
 pub mod request_id;

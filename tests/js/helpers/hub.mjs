@@ -51,6 +51,11 @@ export async function startHub({ args = [], env = {}, addr = true, fastJoinError
   if (fastJoinErrors && !hasFlag(args, '--join-error-delay') && !('HUB_JOIN_ERROR_DELAY' in env)) {
     fullArgs.push('--join-error-delay', '0s')
   }
+  // Close connections at once on SIGTERM (the default spreads them over 5 s); the drain tests
+  // that measure the window pass their own.
+  if (!hasFlag(args, '--drain-window') && !('HUB_DRAIN_WINDOW' in env)) {
+    fullArgs.push('--drain-window', '0s')
+  }
   fullArgs.push(...args)
 
   // Do not leak HUB_* settings of the developer's shell into the hub under test.
