@@ -1,5 +1,5 @@
-//! `loadtest`: load generator for the hub's Supabase Realtime (Phoenix V2) WebSocket endpoint
-//! and its server-sent event streams.
+//! `loadtest`: load generator for the hub's Supabase Realtime (Phoenix V2) WebSocket endpoint,
+//! its server-sent event streams and its terminals.
 //!
 //! Run `cargo build --release -p loadtest`, start the hub, then for example
 //!
@@ -44,6 +44,10 @@
 //! hub's default input limit (`HUB_TERMINAL_INPUT_PER_SEC=1000`), so refused keys are counted,
 //! not timed: start the hub with a higher limit (or 0) to time them all. `--mode output` hosts
 //! the terminal itself and checks that every viewer gets every byte in order.
+//!
+//! The other scenarios (`rooms`, `churn`, `presence`, `multinode`, `mixed`, `flood`) and the
+//! exact command lines of the benchmark record are in `bench/README.md`; `bench/record` runs
+//! them all against fresh hubs.
 //!
 //! `--help` on each scenario lists every flag. A run larger than one process's open-file limit
 //! is split: start each share with its own `--conns` (and `--publishers 0` for fanout's
