@@ -352,20 +352,42 @@ impl RoomsArgs {
     /// The `fanout` run this is: members × rooms subscribers over `rooms` topics, the rate
     /// summed over rooms (the publisher goes round-robin, so each room gets `rate`).
     pub fn fanout(&self) -> FanoutArgs {
-        FanoutArgs {
-            common: self.common.clone(),
-            spread: Spread {
-                conns: self.rooms * self.members,
-                topics: self.rooms,
-                topic_prefix: self.topic_prefix.clone(),
-            },
-            rate: self.rate * self.rooms as u64,
-            size: self.size,
+        let spread = Spread {
+            conns: self.rooms * self.members,
+            topics: self.rooms,
+            topic_prefix: self.topic_prefix.clone(),
+        };
+        let mut f = FanoutArgs::one_publisher(
+            &self.common,
+            spread,
+            self.rate * self.rooms as u64,
+            (self.size, self.grace, &self.event),
+        );
+        f.expect_per_cpu = self.expect_per_cpu;
+        f
+    }
+}
+
+impl FanoutArgs {
+    /// A run with one publisher in this process and no flooder; `payload` is `--size`,
+    /// `--grace` and `--event`. The scenarios built on `fanout` (`rooms`, `flood`) start here.
+    pub fn one_publisher(
+        common: &Common,
+        spread: Spread,
+        rate: u64,
+        payload: (usize, Duration, &str),
+    ) -> Self {
+        let (size, grace, event) = payload;
+        Self {
+            common: common.clone(),
+            spread,
+            rate,
+            size,
             publishers: 1,
-            grace: self.grace,
+            grace,
             start_timeout: Duration::from_secs(60),
-            event: self.event.clone(),
-            expect_per_cpu: self.expect_per_cpu,
+            event: event.to_owned(),
+            expect_per_cpu: None,
             flood_joins: 0,
             flood_messages: 0,
         }
@@ -418,28 +440,23 @@ impl FloodArgs {
     /// One of the two runs: the same crowd and publisher on topics of their own, with the
     /// flooder or without.
     pub fn phase(&self, flooded: bool) -> FanoutArgs {
-        let (suffix, joins, messages) = if flooded {
-            ("flooded", self.joins, self.messages)
-        } else {
-            ("quiet", 0, 0)
+        let suffix = if flooded { "flooded" } else { "quiet" };
+        let spread = Spread {
+            conns: self.spread.conns,
+            topics: self.spread.topics,
+            topic_prefix: format!("{}-{suffix}", self.spread.topic_prefix),
         };
-        FanoutArgs {
-            common: self.common.clone(),
-            spread: Spread {
-                conns: self.spread.conns,
-                topics: self.spread.topics,
-                topic_prefix: format!("{}-{suffix}", self.spread.topic_prefix),
-            },
-            rate: self.rate,
-            size: self.size,
-            publishers: 1,
-            grace: self.grace,
-            start_timeout: Duration::from_secs(60),
-            event: self.event.clone(),
-            expect_per_cpu: None,
-            flood_joins: joins,
-            flood_messages: messages,
+        let mut f = FanoutArgs::one_publisher(
+            &self.common,
+            spread,
+            self.rate,
+            (self.size, self.grace, &self.event),
+        );
+        if flooded {
+            f.flood_joins = self.joins;
+            f.flood_messages = self.messages;
         }
+        f
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
 /// 200 when every configured backend answers and the hub is not draining; 503 otherwise, with
 /// each check's result.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let draining = state.shutdown.is_cancelled() || state.draining();
+    let draining = state.draining();
     let checks = state.backends.ready(READY_TIMEOUT).await;
     let ok = !draining && checks.iter().all(|c| c.error.is_none());
     let body = json!({

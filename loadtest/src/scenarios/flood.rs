@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::{Ctx, fanout};
 use crate::args::FloodArgs;
 use crate::report::{Num, Report};
+use crate::token;
 
 /// Runs the scenario.
 pub async fn run(args: &FloodArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
@@ -25,7 +26,8 @@ pub async fn run(args: &FloodArgs, ctx: Arc<Ctx>) -> anyhow::Result<Report> {
         return Ok(r);
     }
     eprintln!("flood: flooded run");
-    let mut r = fanout::run(&args.phase(true), ctx.again()).await?;
+    let again = ctx.part(&ctx.common, args.spread.conns + 2, token::AUTHENTICATED)?;
+    let mut r = fanout::run(&args.phase(true), again).await?;
     r.set_scenario("flood");
     r.param("joins", args.joins);
     r.param("messages", args.messages);

@@ -63,8 +63,8 @@ pub struct Ctx {
     pub live: Arc<Live>,
     /// Tells every connection to close; fired at the end of a run or on Ctrl-C.
     pub stop: CancellationToken,
-    /// Fired by Ctrl-C only; `stop` is its child, and so is the `stop` of every [`Ctx::again`],
-    /// so a scenario made of several runs (`flood`) is interrupted whichever run is going.
+    /// Fired by Ctrl-C only; `stop` is its child, and so is the `stop` of every [`Ctx::part`],
+    /// so a scenario made of several runs (`flood`, `mixed`) is interrupted whichever is going.
     interrupt: CancellationToken,
     /// Set when Ctrl-C cut the run short, so the report says so.
     pub interrupted: AtomicBool,
@@ -83,8 +83,9 @@ impl Ctx {
         Self::build(common, conns, role, CancellationToken::new())
     }
 
-    /// A context for one part of a scenario made of parts run at once (`mixed`): its own flags,
-    /// role and counters, interrupted by the same Ctrl-C as this one.
+    /// A context for one part of a scenario made of several runs (`mixed`'s parts at once,
+    /// `flood`'s second run after the first stopped): its own flags, role, counters and stop
+    /// signal, interrupted by the same Ctrl-C as this one.
     pub fn part(&self, common: &Common, conns: usize, role: &str) -> anyhow::Result<Arc<Self>> {
         Self::build(common, conns, role, self.interrupt.clone())
     }
@@ -148,23 +149,6 @@ impl Ctx {
             own: Procs::own().ok(),
             seed_base: clock::now_ns() ^ (u64::from(std::process::id()) << 32),
         }))
-    }
-
-    /// A context for a further run after this one ended (its `stop` fired): same endpoints,
-    /// token and processes, fresh counters and stop signal, and other masking seeds.
-    pub fn again(&self) -> Arc<Self> {
-        Arc::new(Self {
-            common: self.common.clone(),
-            targets: self.targets.clone(),
-            src_ips: self.src_ips.clone(),
-            live: Arc::new(Live::default()),
-            stop: self.interrupt.child_token(),
-            interrupt: self.interrupt.clone(),
-            interrupted: AtomicBool::new(self.interrupted.load(Ordering::Relaxed)),
-            server: self.server.clone(),
-            own: self.own.clone(),
-            seed_base: self.seed_base.rotate_left(17) ^ 0x5bd1_e995,
-        })
     }
 
     /// Whether Ctrl-C was pressed.
